@@ -1,0 +1,293 @@
+"""WebDataset tar shards as a training source, streamed with the ``webdataset`` library.
+
+A sample is the tar members sharing a key: an image (``.jpg``, ``.jpeg``, ``.png`` or ``.webp``)
+and a caption, read from ``.txt`` when present, else from the ``.json`` member's
+``DataConfig.caption_key``.
+
+Splitting. Without ``resampled``, each pass over the data shuffles the shard list with a seed from
+(seed, epoch, pass), identically on every rank; rank ``r`` takes every ``world_size``-th shard from
+``r``, and worker ``w`` of that rank every ``workers``-th of those. Passes repeat (with a new
+shuffle) until the epoch's batches are out, so a rank whose shards hold a few samples fewer still
+fills its epoch and all ranks run the same number of batches. With ``resampled=True`` every worker
+draws shards with replacement from its own seeded RNG, an endless stream. Samples are then mixed in
+a shuffle buffer of ``DataConfig.shuffle_buffer``. The buffer also carries the tail of one pass
+into the next, so an epoch can repeat a few samples and postpone others; keep the buffer well below
+the samples each worker reads per pass (the data's size / (world_size * workers)).
+
+Epoch length: ``DataConfig.num_samples``, else the sum over the shards of the counts in the
+``sizes.json`` next to them (``{"shard-000000.tar": 1000, ...}``); ``num_batches`` is that divided
+by ``batch_size * world_size``.
+
+Resume is approximate: ``start_batch=k`` decodes and drops the first k batches of the stream (their
+skip records are not counted again). Every worker's stream is seeded and DataLoader takes batches
+from the workers in turn, so with the same shards, ``workers`` and ``world_size`` the resumed run
+sees the batches the uninterrupted one would have; change any of them and it does not.
+
+Broken data (an undecodable image member, a sample without image or caption, a truncated tar) is
+recorded as ``SkipRecord("shard.tar:key", reason)`` in the next batch of that worker.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import random
+import zlib
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import webdataset
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..transforms import ImageLoadError
+from .loader import (
+    Batch,
+    Collate,
+    DataConfig,
+    Decoded,
+    SampleMaker,
+    SkipRecord,
+    TrainLoader,
+    check_start_batch,
+    loader_kwargs,
+    mix_seed,
+)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def resolve_shards(spec: str | list[str]) -> list[str]:
+    """Shard paths from a directory (its ``*.tar``, sorted), a brace pattern or a list; checks they exist."""
+    if isinstance(spec, (list, tuple)):
+        shards = [os.fspath(s) for s in spec]
+    elif os.path.isdir(spec):
+        shards = sorted(glob.glob(os.path.join(spec, "*.tar")))
+        if not shards:
+            raise FileNotFoundError(f"no *.tar shards in directory {spec}; check DataConfig.path")
+    else:
+        shards = webdataset.shardlists.expand_urls(spec)
+    missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(shards)} shard(s) do not exist, e.g. {missing[:3]}; check DataConfig.path"
+        )
+    if not shards:
+        raise ValueError(f"DataConfig.path={spec!r} names no shards")
+    return shards
+
+
+def shard_sizes(shards: list[str], required: bool = True) -> dict[str, int] | None:
+    """Samples per shard from the ``sizes.json`` in each shard's directory.
+
+    Returns None when a file or entry is missing and ``required`` is False; raises otherwise.
+    """
+    sizes, tables = {}, {}
+    for shard in shards:
+        folder = os.path.dirname(os.path.abspath(shard))
+        try:
+            if folder not in tables:
+                tables[folder] = _read_sizes(Path(folder) / "sizes.json")
+            name = os.path.basename(shard)
+            if name not in tables[folder]:
+                raise ValueError(
+                    f"{folder}/sizes.json has no entry for {name}; add one or set DataConfig.num_samples"
+                )
+        except (OSError, ValueError):
+            if required:
+                raise
+            return None
+        sizes[shard] = int(tables[folder][name])
+    return sizes
+
+
+def _read_sizes(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: set DataConfig.num_samples (samples per epoch) or write sizes.json "
+            'mapping shard file names to sample counts, e.g. {"shard-000000.tar": 1000}'
+        )
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping shard names to sample counts")
+    return table
+
+
+def decode_image_bytes(data: bytes, where: str) -> Image.Image:
+    """Fully decode image bytes, raising ``ImageLoadError`` for anything Pillow cannot read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as exc:  # Pillow raises many types on corrupt data
+        raise ImageLoadError(f"cannot decode image {where} ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+class _Tally:
+    """One worker's bookkeeping, shared by the stages of its stream."""
+
+    def __init__(self) -> None:
+        self.pending: list[SkipRecord] = []  # records waiting for the next batch
+        self.read = 0  # samples read from tar files so far
+        self.shard = "?"  # the shard being read: the tar reader asks for the next url only when done
+        self.errors = 0  # tar read errors so far
+        self._last = (None, -1)
+
+    def add(self, record: SkipRecord) -> None:
+        # webdataset reports one truncation twice (member reader, then shard reader) with no sample
+        # read in between: keep one. The same error on a later pass is a new skip and is kept.
+        if self._last != (record, self.read):
+            self.pending.append(record)
+        self._last = (record, self.read)
+
+
+class ShardStream(IterableDataset):
+    """Batches from this rank's share of the shards; each DataLoader worker reads its own shards."""
+
+    def __init__(
+        self, shards: list[str], sizes: dict[str, int] | None, cfg: DataConfig, maker: SampleMaker,
+        collate: Collate, *, batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
+    ) -> None:  # fmt: skip
+        self.shards, self.sizes, self.maker, self.collate = shards, sizes, maker, collate
+        self.resampled, self.buffer, self.caption_key = cfg.resampled, cfg.shuffle_buffer, cfg.caption_key
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        tally = _Tally()
+
+        def on_error(exc: Exception) -> bool:
+            detail = str(exc.args[0]).split(" @ ")[0] if exc.args else ""
+            tally.errors += 1
+            tally.add(SkipRecord(tally.shard, f"broken tar: {type(exc).__name__}: {detail}"))
+            return True  # go on with the next member or shard
+
+        urls = self._urls(worker, workers, tally)
+        samples = _counted(webdataset.tarfile_to_samples(handler=on_error)(urls), tally)
+        if self.buffer > 1:
+            rng = random.Random(mix_seed(self.seed, self.epoch, self.rank, worker, 2))
+            samples = webdataset.shuffle(self.buffer, initial=self.buffer, rng=rng)(samples)
+        chunk: list[Decoded | SkipRecord] = []
+        for sample in samples:
+            chunk.append(self._decode(sample))
+            if len(chunk) == self.batch_size:
+                chunk.extend(tally.pending)
+                tally.pending.clear()
+                yield self.collate(chunk)
+                chunk = []
+
+    def _urls(self, worker: int, workers: int, tally: _Tally) -> Iterator[dict]:
+        if self.resampled:
+            rng = random.Random(mix_seed(self.seed, self.epoch, self.rank, worker, 3))
+            while True:
+                yield from self._read(rng.choice(self.shards), tally)
+        for rep in count():
+            order = list(self.shards)
+            random.Random(mix_seed(self.seed, self.epoch, rep, 4)).shuffle(order)
+            mine = order[self.rank :: self.world_size][worker::workers]
+            before = tally.read
+            for url in mine:
+                yield from self._read(url, tally)
+            if not mine or tally.read == before:
+                return  # nothing readable in this worker's shards: stop instead of looping forever
+
+    def _read(self, url: str, tally: _Tally) -> Iterator[dict]:
+        tally.shard, before, errors = url, tally.read, tally.errors
+        yield {"url": url}
+        # Resumed when the reader wants the next shard, so the samples of `url` have been counted
+        # (all but the last when the read failed; that failure is recorded already). Python's
+        # tarfile ends quietly at a bad header or a cut between members: sizes.json tells.
+        expected = self.sizes.get(url) if self.sizes else None
+        if expected is not None and tally.errors == errors and tally.read - before < expected:
+            tally.add(
+                SkipRecord(
+                    url,
+                    f"short shard: read {tally.read - before} of {expected} samples (truncated or corrupt tar)",
+                )
+            )
+
+    def _decode(self, sample: dict) -> Decoded | SkipRecord:
+        url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+        where = f"{url}:{key}"
+        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if ext is None:
+            return SkipRecord(where, f"missing image: no {'/'.join(IMAGE_EXTENSIONS)} member")
+        try:
+            caption = self._caption(sample)
+        except ValueError as exc:
+            return SkipRecord(where, str(exc))
+        # Seeded by shard file name and key, not full path, so moving the data keeps the augmentation.
+        seed = mix_seed(self.seed, self.epoch, zlib.crc32(f"{os.path.basename(url)}:{key}".encode()))
+        return self.maker.make(where, lambda: decode_image_bytes(sample[ext], where), caption, -1, seed)
+
+    def _caption(self, sample: dict) -> str:
+        """The .txt member, else the .json member's caption_key; ValueError says what is wrong."""
+        try:
+            if "txt" in sample:
+                return sample["txt"].decode("utf-8")
+            if "json" in sample:
+                obj = json.loads(sample["json"])
+                value = obj.get(self.caption_key) if isinstance(obj, dict) else None
+                if isinstance(value, str):
+                    return value
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"bad caption: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"missing caption: no .txt member and no string {self.caption_key!r} in .json")
+
+
+def _counted(samples: Iterator[dict], tally: _Tally) -> Iterator[dict]:
+    # Counted before the shuffle buffer, which holds samples back while it fills.
+    for sample in samples:
+        tally.read += 1
+        yield sample
+
+
+def build_wds_loader(
+    cfg: DataConfig, maker: SampleMaker, collate: Collate,
+    *, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, start_batch: int,
+) -> TrainLoader:  # fmt: skip
+    """The WebDataset ``TrainLoader`` (called by ``build_train_loader``)."""
+    shards = resolve_shards(cfg.path)
+    sizes = shard_sizes(shards, required=cfg.num_samples is None)
+    num_samples = cfg.num_samples or sum(sizes.values())
+    num_batches = num_samples // (batch_size * world_size)
+    if num_batches == 0:
+        raise ValueError(
+            f"{num_samples} samples per epoch make no full batch of {batch_size} on each of {world_size} "
+            "rank(s); lower batch_size or raise DataConfig.num_samples"
+        )
+    check_start_batch(start_batch, num_batches)
+    workers = cfg.workers
+    if not cfg.resampled:
+        if len(shards) < world_size:
+            raise ValueError(
+                f"{len(shards)} shard(s) cannot be split over {world_size} ranks; write more, smaller "
+                "shards or set DataConfig.resampled=True"
+            )
+        # A worker without shards would sit idle; never start more workers than a rank has shards.
+        workers = min(workers, len(shards) // world_size)
+    stream = ShardStream(
+        shards,
+        sizes,
+        cfg,
+        maker,
+        collate,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+    )
+    loader = DataLoader(stream, batch_size=None, **loader_kwargs(workers, seed, epoch, rank))
+    return TrainLoader(loader, num_batches, start_batch, skip_leading=True)
+
+
+__all__ = ["ShardStream", "build_wds_loader", "shard_sizes", "decode_image_bytes", "resolve_shards"]

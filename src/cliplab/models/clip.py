@@ -1,0 +1,96 @@
+"""CLIP: an image tower and a causal text tower projected into one embedding space.
+
+State-dict keys are exactly those of OpenAI's released models (``visual.*``, ``transformer.*``,
+``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``, ``logit_scale``);
+other formats are mapped onto them at load time (see ``cliplab.checkpoints``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CLIPConfig
+from .modified_resnet import ModifiedResNet
+from .transformer import LayerNorm, Transformer
+from .vision_transformer import VisionTransformer
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        v, t = config.vision, config.text
+        if v.kind == "resnet":
+            self.visual = ModifiedResNet(v, config.embed_dim)
+        else:
+            self.visual = VisionTransformer(v, config.embed_dim, config.quick_gelu)
+        self.context_length = t.context_length
+        self.transformer = Transformer(t.width, t.layers, t.heads, config.quick_gelu)
+        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+        self.ln_final = LayerNorm(t.width)
+        self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Random initialisation as in OpenAI's code (their values for training from scratch)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.visual.init_weights()
+        self.transformer.init_weights()
+        nn.init.normal_(self.text_projection, std=self.transformer.width**-0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks in the backward pass instead of storing their activations."""
+        self.transformer.grad_checkpointing = enable
+        if isinstance(self.visual, VisionTransformer):
+            self.visual.transformer.grad_checkpointing = enable
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed images -> (N, embed_dim) features."""
+        x = self.visual(images.to(self.dtype))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False, full_length: bool = False) -> torch.Tensor:
+        """(N, L) token ids -> (N, embed_dim) features, read at each row's end-of-text token.
+
+        The end-of-text token has the highest id, so ``argmax`` finds it (as in OpenAI's code). With the
+        causal mask no position attends to later ones, so everything after the longest row's
+        end-of-text token cannot change the result: by default the transformer runs only over the
+        first ``max(eot) + 1`` positions. ``full_length=True`` runs all L positions (for checking).
+        """
+        eot = text.argmax(dim=-1)
+        length = text.shape[-1] if full_length else int(eot.max()) + 1
+        if length > self.context_length:
+            raise ValueError(
+                f"text has {length} positions up to its end-of-text token but this model's context_length "
+                f"is {self.context_length}; tokenize with context_length={self.context_length}, truncate=True"
+            )
+        text = text[:, :length]
+        x = self.token_embedding(text).to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
+        x = self.transformer(x, causal=True)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, D): pool before the final LN
+        x = self.ln_final(x) @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits_per_image, logits_per_text)``: scaled cosine similarities, (N_img, N_txt) and its transpose."""
+        image_features = self.encode_image(images, normalize=True)
+        text_features = self.encode_text(text, normalize=True)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+def build_model(config: CLIPConfig) -> CLIP:
+    return CLIP(config)

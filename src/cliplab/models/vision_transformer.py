@@ -1,0 +1,36 @@
+"""OpenAI's ViT image tower: patchify, prepend a class token, pre-LN transformer, project the class token."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .transformer import LayerNorm, Transformer
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = True):
+        super().__init__()
+        self.image_size = cfg.image_size
+        self.output_dim = output_dim
+        width = cfg.width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, quick_gelu)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def init_weights(self) -> None:
+        self.transformer.init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # (N, D, grid, grid)
+        x = x.flatten(2).transpose(1, 2)  # (N, grid*grid, D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj

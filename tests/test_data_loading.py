@@ -1,0 +1,373 @@
+"""Training data loading: manifests, WebDataset shards and the synthetic source behind one loader."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cliplab.data import DataConfig, ManifestError, build_train_loader, read_manifest
+from cliplab.data.loader import mix_seed
+from cliplab.data.synthetic import SyntheticCaptions
+from cliplab.data.writers import write_files, write_webdataset
+from cliplab.tokenizer import tokenize
+from cliplab.transforms import image_transform, to_tensor_normalized
+
+SIZE = 32
+N = 64
+
+EVAL = image_transform(SIZE)  # deterministic: no augmentation
+TRAIN = image_transform(SIZE, train=True, crop_scale=(0.3, 1.0))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    data = SyntheticCaptions(N, seed=0, image_size=SIZE)
+    return [data[i] for i in range(N)]
+
+
+@pytest.fixture(scope="module")
+def written(samples, tmp_path_factory):
+    root = tmp_path_factory.mktemp("written")
+    manifest = write_files(samples, root / "files", fmt="csv")
+    shards = write_webdataset(samples, root / "shards", shard_size=16)
+    return manifest, shards
+
+
+def load(cfg: DataConfig, transform=TRAIN, batch_size: int = 16, **kw):
+    kw = {"seed": 0, "epoch": 0, "image_size": SIZE} | kw
+    return build_train_loader(cfg, transform=transform, tokenize=tokenize, batch_size=batch_size, **kw)
+
+
+def manifest_cfg(path, workers: int = 0, **kw) -> DataConfig:
+    return DataConfig(source="manifest", path=str(path), workers=workers, **kw)
+
+
+def assert_same_batches(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.indices, y.indices)
+        assert torch.equal(x.texts, y.texts)
+        assert torch.equal(x.images, y.images)
+        assert x.position == y.position
+
+
+def image_key(pixels: torch.Tensor) -> str:
+    return hashlib.sha1(pixels.numpy().tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest parsing
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_read_manifest_formats_custom_columns_and_paths(tmp_path, fmt):
+    absolute = str(tmp_path / "elsewhere" / "b.png")
+    rows = [("imgs/a.png", 'a "quoted", comma caption'), (absolute, "second"), ("c.png", "")]
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        lines = [json.dumps({"extra": 1, "img": p, "text": c}) for p, c in rows]
+        path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    else:
+        import csv
+
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="," if fmt == "csv" else "\t")
+            writer.writerow(["text", "other", "img"])
+            for p, c in rows:
+                writer.writerow([c, "x", p])
+    entries = read_manifest(path, image_key="img", caption_key="text")
+    assert entries == [
+        (str(tmp_path.resolve() / "imgs" / "a.png"), 'a "quoted", comma caption'),
+        (absolute, "second"),
+        (str(tmp_path.resolve() / "c.png"), ""),  # empty caption: kept here, skipped by the loader
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, text, where, words",
+    [
+        ("m.csv", "filepath,caption\na.png,one\nb.png,two,three\n", ":3:", "expected 2"),
+        ("m.csv", 'filepath,caption\na.png,"multi\nline"\nb.png\n', ":4:", "found 1"),
+        ("m.csv", "path,caption\na.png,one\n", ":1:", "no column 'filepath'"),
+        ("m.tsv", "filepath\tcaption\na.png\tone\n\tempty path\n", ":3:", "empty image path"),
+        ("m.jsonl", '{"filepath": "a.png", "caption": "x"}\n{"filepath": "b.png", \n', ":2:", "invalid JSON"),
+        (
+            "m.jsonl",
+            '{"filepath": "a.png", "caption": "x"}\n\n{"caption": "y"}\n',
+            ":3:",
+            "missing key 'filepath'",
+        ),
+        ("m.jsonl", '["a.png", "x"]\n', ":1:", "JSON object"),
+        ("m.jsonl", '{"filepath": 3, "caption": "x"}\n', ":1:", "must be a string"),
+    ],
+)
+def test_malformed_manifest_names_file_and_line(tmp_path, name, text, where, words):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    assert f"{name}{where}" in str(info.value) and words in str(info.value)
+    # The loader validates at construction, before any training step.
+    with pytest.raises(ManifestError, match=name):
+        load(manifest_cfg(path))
+
+
+def test_manifest_unknown_extension_and_missing_file(tmp_path):
+    (tmp_path / "m.txt").write_text("filepath,caption\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="extension"):
+        read_manifest(tmp_path / "m.txt")
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_data_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="DataConfig.source"):
+        DataConfig(source="folder")
+    with pytest.raises(ValueError, match="DataConfig.path"):
+        DataConfig(source="manifest")
+    with pytest.raises(ValueError, match="DataConfig.workers"):
+        DataConfig(workers=-1)
+    with pytest.raises(ValueError, match="resampled"):
+        DataConfig(source="synthetic", resampled=True)
+    with pytest.raises(ValueError, match="DataConfig.synthetic_size"):
+        DataConfig(synthetic_size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad samples: skipped, counted, recorded
+
+
+def corrupt_copy(samples, root: Path):
+    """A manifest of 100 samples with ~10% bad ones; returns (manifest, {bad path: reason kind})."""
+    many = [samples[i % N] for i in range(100)]
+    manifest = write_files(many, root, fmt="csv")
+    rows = (manifest.read_text(encoding="utf-8")).splitlines()
+    bad = {}
+    for i in (3, 17, 42):  # truncated PNG
+        p = root / f"images/{i:06d}.png"
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+        bad[str(p.resolve())] = "unreadable image"
+    for i in (5, 61, 88):  # a text file named .png
+        p = root / f"images/{i:06d}.png"
+        p.write_text("this is not an image", encoding="utf-8")
+        bad[str(p.resolve())] = "unreadable image"
+    for i in (9, 70, 99):  # missing file
+        p = root / f"images/{i:06d}.png"
+        p.unlink()
+        bad[str(p.resolve())] = "missing file"
+    rows[1 + 50] = "images/000050.png,"  # empty caption
+    bad[str((root / "images/000050.png").resolve())] = "empty caption"
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return manifest, bad
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_and_missing_files_are_skipped_and_counted(samples, tmp_path, workers):
+    manifest, bad = corrupt_copy(samples, tmp_path)
+    loader = load(manifest_cfg(manifest, workers), batch_size=10)
+    batches = list(loader)
+    assert len(batches) == loader.num_batches == 10
+    entries = read_manifest(manifest)
+    bad_indices = {i for i, (p, _) in enumerate(entries) if p in bad}
+    seen = torch.cat([b.indices for b in batches]).tolist()
+    assert sorted(seen) == sorted(set(range(100)) - bad_indices)
+    records = [r for b in batches for r in b.skipped]
+    assert {r.source: r.kind for r in records} == bad and len(records) == len(bad)
+    assert loader.num_skipped == 10
+    assert loader.skip_counts == {"unreadable image": 6, "missing file": 3, "empty caption": 1}
+    assert sum(len(b) for b in batches) + loader.num_skipped == 100
+    moved = batches[1].to("cpu")
+    assert torch.equal(moved.images, batches[1].images) and moved.skipped == batches[1].skipped
+    assert moved.position == 1
+
+
+def test_all_skipped_batch_is_yielded_empty_with_its_records(tmp_path):
+    lines = ["filepath,caption"] + [f"gone{i}.png,a caption" for i in range(8)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batches = list(load(manifest_cfg(tmp_path / "m.csv"), batch_size=4))
+    assert [len(b) for b in batches] == [0, 0]
+    assert batches[0].images.shape == (0, 3, SIZE, SIZE) and batches[0].texts.shape == (0, 77)
+    assert [b.position for b in batches] == [0, 1]
+    assert sorted(r.source for b in batches for r in b.skipped) == sorted(
+        str((tmp_path / f"gone{i}.png").resolve()) for i in range(8)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The same data three ways
+
+
+def test_manifest_webdataset_and_synthetic_give_the_same_samples(written):
+    manifest, shards = written
+    synthetic = list(load(DataConfig(synthetic_size=N, workers=0), EVAL))
+    from_files = list(load(manifest_cfg(manifest), EVAL))
+    # Same dataset size and seed: the same permutation, so identical batches, pixel for pixel.
+    assert_same_batches(synthetic, from_files)
+
+    # No shuffle buffer: a buffer carries the end of one pass over the shards into the next.
+    wds_cfg = DataConfig(source="webdataset", path=str(shards[0].parent), workers=2, shuffle_buffer=0)
+    from_shards = list(load(wds_cfg, EVAL))
+    assert len(from_shards) == N // 16 and all(b.indices.eq(-1).all() for b in from_shards)
+
+    def pairs(batches):
+        return sorted(
+            (tuple(t.tolist()), image_key(i)) for b in batches for t, i in zip(b.texts, b.images, strict=True)
+        )
+
+    assert pairs(from_shards) == pairs(synthetic)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism and exact resume
+
+
+class CountingTransform:
+    """The train transform, counting its calls (workers=0 only)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, img, generator=None):
+        self.calls += 1
+        return TRAIN(img, generator=generator)
+
+
+class NoGeneratorTransform:
+    """A transform that draws from torch's global RNG (no generator argument)."""
+
+    def __call__(self, img):
+        return to_tensor_normalized(img.resize((SIZE, SIZE))) + torch.rand(())
+
+
+@pytest.mark.parametrize("transform", [TRAIN, NoGeneratorTransform()], ids=["generator", "global-rng"])
+def test_batches_are_deterministic_and_independent_of_workers(written, transform):
+    cfg0, cfg2 = manifest_cfg(written[0], 0), manifest_cfg(written[0], 2)
+    first = list(load(cfg0, transform, seed=3, epoch=1))
+    assert_same_batches(first, list(load(cfg0, transform, seed=3, epoch=1)))
+    assert_same_batches(first, list(load(cfg2, transform, seed=3, epoch=1)))
+    other_epoch = list(load(cfg0, transform, seed=3, epoch=2))
+    assert not torch.equal(first[0].indices, other_epoch[0].indices)
+    # Augmentation really is random per sample and epoch: a sample's pixels change between epochs.
+    i = int(first[0].indices[0])
+    j = next((b, k) for b in other_epoch for k, x in enumerate(b.indices.tolist()) if x == i)
+    assert not torch.equal(first[0].images[0], j[0].images[j[1]])
+
+
+def test_start_batch_reproduces_the_rest_of_the_epoch_without_decoding_the_start(written):
+    cfg = manifest_cfg(written[0])
+    full = list(load(cfg, seed=7, epoch=4))
+    counting = CountingTransform()
+    resumed_loader = load(cfg, counting, seed=7, epoch=4, start_batch=2)
+    calls_at_build = counting.calls  # one probe call for empty-batch shapes
+    resumed = list(resumed_loader)
+    assert len(resumed_loader) == len(resumed) == 2 and resumed_loader.num_batches == 4
+    assert_same_batches(full[2:], resumed)
+    assert counting.calls - calls_at_build == 2 * 16
+    assert list(load(cfg, start_batch=4)) == []
+    with pytest.raises(ValueError, match="start_batch"):
+        load(cfg, start_batch=5)
+
+
+def test_rank_split_is_disjoint_and_covers_the_epoch_minus_remainder():
+    cfg = DataConfig(synthetic_size=100, workers=0)
+    ranks = [list(load(cfg, batch_size=16, rank=r, world_size=2, seed=1)) for r in range(2)]
+    assert [len(b) for b in ranks] == [3, 3]  # 100 // (2 * 16) batches each; 4 samples dropped
+    seen = [set(torch.cat([b.indices for b in batches]).tolist()) for batches in ranks]
+    assert not seen[0] & seen[1]
+    everything = torch.randperm(100, generator=torch.Generator().manual_seed(mix_seed(1, 0))).tolist()
+    assert seen[0] | seen[1] == set(everything[:96])
+
+
+# ---------------------------------------------------------------------------------------------
+# WebDataset
+
+
+def rewrite_shard(path: Path, edit) -> None:
+    """Rewrite a tar shard, passing each (name, bytes) member through edit (None drops it)."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            data = edit(name, data)
+            if data is not None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_broken_members_are_skipped_and_counted(samples, tmp_path):
+    shards = write_webdataset(samples, tmp_path, shard_size=16)
+    rewrite_shard(shards[1], lambda n, d: b"garbage" if n == "000017.png" else d)
+    rewrite_shard(shards[2], lambda n, d: None if n == "000035.txt" else d)
+    loader = load(DataConfig(source="webdataset", path=str(tmp_path), workers=0, shuffle_buffer=0))
+    batches = list(loader)
+    assert len(batches) == 4 and sum(len(b) for b in batches) == N - 2
+    records = sorted((r.source, r.kind) for b in batches for r in b.skipped)
+    assert records == [
+        (f"{shards[1]}:000017", "unreadable image"),
+        (f"{shards[2]}:000035", "missing caption"),
+    ]
+    assert loader.num_skipped == 2
+
+
+def test_webdataset_truncated_shard_is_recorded(samples, tmp_path):
+    (shard,) = write_webdataset(samples[:16], tmp_path, shard_size=16)
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        offsets = {m.name: m.offset_data for m in tar.getmembers()}
+    cfg = DataConfig(source="webdataset", path=[str(shard)], num_samples=10, workers=0, shuffle_buffer=0)
+    # Cut inside member 000005.png: the tar reader fails ("unexpected end of data"). The stream
+    # rereads the shard to fill the epoch, and each failed read is one record.
+    shard.write_bytes(data[: offsets["000005.png"] + 100])
+    batches = list(load(cfg, batch_size=5))
+    assert [len(b) for b in batches] == [5, 5]
+    assert {(r.source, r.kind) for b in batches for r in b.skipped} == {(str(shard), "broken tar")}
+    assert all(len(b.skipped) == 1 for b in batches)
+    # Cut at a member boundary: tarfile stops quietly, sizes.json reveals the missing samples.
+    shard.write_bytes(data[: offsets["000005.png"] - 512])
+    records = [r for b in load(cfg, batch_size=5) for r in b.skipped]
+    assert [(r.source, r.reason) for r in records] == [
+        (str(shard), "short shard: read 5 of 16 samples (truncated or corrupt tar)")
+    ]
+
+
+def test_webdataset_ranks_get_disjoint_shards_and_patterns_resolve(written):
+    shards = written[1]
+    pattern = str(shards[0].parent / "shard-{000000..000003}.tar")
+    seen = []
+    for rank in range(2):
+        cfg = DataConfig(source="webdataset", path=pattern, workers=2, shuffle_buffer=0)
+        batches = list(load(cfg, EVAL, batch_size=8, rank=rank, world_size=2))
+        assert len(batches) == N // 16
+        seen.append({image_key(i) for b in batches for i in b.images})
+    assert len(seen[0]) == len(seen[1]) == N // 2 and not seen[0] & seen[1]
+
+
+def test_webdataset_shuffle_buffer_mixes_samples(written, samples):
+    shards = [str(s) for s in written[1]]
+    plain = list(load(DataConfig(source="webdataset", path=shards, workers=0, shuffle_buffer=0), EVAL))
+    mixed = list(load(DataConfig(source="webdataset", path=shards, workers=0, shuffle_buffer=64), EVAL))
+    originals = {image_key(EVAL(s.image)) for s in samples}
+    assert {image_key(i) for b in mixed for i in b.images} <= originals
+    assert len({image_key(i) for b in plain for i in b.images}) == N
+    assert not torch.equal(plain[0].images, mixed[0].images)
+
+
+def test_webdataset_resampled_and_approximate_resume(written):
+    shards = [str(s) for s in written[1]]
+    cfg = DataConfig(source="webdataset", path=shards, resampled=True, num_samples=200, workers=0)
+    loader = load(cfg, batch_size=16)
+    assert loader.num_batches == 12 and len(list(loader)) == 12
+    cfg = DataConfig(source="webdataset", path=shards, workers=2, shuffle_buffer=8)
+    full, resumed = list(load(cfg)), list(load(cfg, start_batch=2))
+    assert [b.position for b in resumed] == [2, 3]
+    # Seeded worker streams, taken in turn: same shards and workers give the same stream.
+    assert_same_batches(full[2:], resumed)
+    with pytest.raises(ValueError, match="cannot be split"):
+        load(DataConfig(source="webdataset", path=shards[:1], num_samples=64, workers=0), world_size=2)

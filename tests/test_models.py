@@ -1,0 +1,168 @@
+"""Model contracts over the whole registry, and parity with OpenAI's reference model code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cliplab.models import CLIP, CLIPConfig, build_model, get_config, infer_config, list_configs
+
+from reference import load_reference
+
+SMALL = ["micro", "tiny", "tiny-rn"]
+EOT = 49407
+
+
+def random_tokens(n: int, context: int, seed: int = 0) -> torch.Tensor:
+    """Rows shaped like tokenizer output: SOT, ids, EOT at varying positions, zero padding."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, context, dtype=torch.long)
+    for i in range(n):
+        length = int(torch.randint(2, context + 1, (1,), generator=g))
+        tokens[i, 0] = 49406
+        tokens[i, 1 : length - 1] = torch.randint(1, 49405, (length - 2,), generator=g)
+        tokens[i, length - 1] = EOT
+    return tokens
+
+
+def perturb_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter and BatchNorm statistic non-trivial random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=g) * 0.02
+            if name.endswith("running_var"):
+                t.copy_(1.0 + noise.abs() * 10)
+            elif name.endswith("logit_scale"):
+                continue
+            else:
+                t.add_(noise)
+
+
+def reference_model(config: CLIPConfig):
+    ref = load_reference("model")
+    v, t = config.vision, config.text
+    return ref.CLIP(
+        config.embed_dim,
+        v.image_size,
+        v.layers,
+        v.width,
+        v.patch_size if v.kind == "vit" else None,
+        t.context_length,
+        t.vocab_size,
+        t.width,
+        t.heads,
+        t.layers,
+    )
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_config_json_round_trip(name):
+    cfg = get_config(name)
+    again = CLIPConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(ValueError, match="vision.*patch"):
+        CLIPConfig.from_dict({"vision": {"patch": 16}})
+    with pytest.raises(KeyError, match="available"):
+        get_config("ViT-Z/99")
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_infer_config_from_weights(name):
+    cfg = get_config(name)
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = CLIP(cfg)
+    assert infer_config(model.state_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_forward_backward_contract(name):
+    torch.manual_seed(0)
+    model = build_model(get_config(name))
+    size, ctx = model.config.vision.image_size, model.config.text.context_length
+    images, tokens = torch.randn(3, 3, size, size), random_tokens(3, ctx)
+    logits_i, logits_t = model(images, tokens)
+    assert logits_i.shape == (3, 3) and torch.equal(logits_i.t(), logits_t)
+    assert torch.isfinite(logits_i).all()
+    loss = logits_i.logsumexp(1).mean() - logits_i.diag().mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing}"
+
+
+@pytest.mark.parametrize("name", ["micro", "tiny"])
+def test_grad_checkpointing_is_equivalent(name):
+    torch.manual_seed(0)
+    model = build_model(get_config(name))
+    size, ctx = model.config.vision.image_size, model.config.text.context_length
+    images, tokens = torch.randn(2, 3, size, size), random_tokens(2, ctx)
+
+    def grads():
+        model.zero_grad()
+        model(images, tokens)[0].sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    checkpointed = grads()
+    for n in plain:
+        torch.testing.assert_close(checkpointed[n], plain[n], rtol=0, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", ["micro", "ViT-B/32"])
+def test_text_truncation_is_lossless(name):
+    torch.manual_seed(0)
+    model = build_model(get_config(name)).eval()
+    ctx = model.config.text.context_length
+    tokens = random_tokens(6, min(ctx, 20), seed=1)
+    tokens = torch.cat([tokens, torch.zeros(6, ctx - tokens.shape[1], dtype=torch.long)], 1)
+    with torch.no_grad():
+        fast = model.encode_text(tokens)
+        full = model.encode_text(tokens, full_length=True)
+    assert (fast - full).abs().max() <= 1e-5
+
+
+def test_text_longer_than_context_is_a_clear_error():
+    model = build_model(get_config("micro"))
+    tokens = torch.full((1, 40), 320)
+    tokens[0, 0], tokens[0, -1] = 49406, EOT
+    with pytest.raises(ValueError, match="context_length"):
+        model.encode_text(tokens)
+
+
+def test_short_context_model_accepts_77_token_input():
+    """Tokenizer default 77 positions work as long as the text fits the model's context."""
+    model = build_model(get_config("micro")).eval()
+    tokens = torch.cat([random_tokens(2, 10), torch.zeros(2, 67, dtype=torch.long)], 1)
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(tokens), model.encode_text(tokens[:, :32]))
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_parity_with_openai_reference(name):
+    """Same random weights in OpenAI's model.py and ours: same embeddings and logits (float32)."""
+    cfg = get_config(name)
+    torch.manual_seed(0)
+    ref = reference_model(cfg).float().eval()
+    perturb_(ref)
+    ours = CLIP(cfg).eval()
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(1 if cfg.text.width > 512 else 2, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    tokens = random_tokens(3, cfg.text.context_length, seed=2)
+    with torch.no_grad():
+        for a, b in [
+            (ours.encode_image(images, normalize=True), ref.encode_image(images)),
+            (ours.encode_text(tokens, normalize=True), ref.encode_text(tokens)),
+        ]:
+            b = b / b.norm(dim=-1, keepdim=True)
+            assert (a - b).abs().max() <= 1e-4
+        ours_logits, ref_logits = ours(images, tokens)[0], ref(images, tokens)[0]
+    assert (ours_logits - ref_logits).abs().max() <= 1e-4 * ref.logit_scale.exp()
