@@ -21,13 +21,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (all of them when it is None)."""
     parser = argparse.ArgumentParser(prog="cliplab", description="CLIP models: train, evaluate, use.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        _load(module).add_arguments(p)
+        if command is None or name == command:
+            _load(module).add_arguments(p)
     return parser
 
 
@@ -36,13 +38,21 @@ def _load(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    module = _load(args._module)
+    if extra:
+        # Subcommands that take free-form settings (``--key=value``) declare ACCEPTS_OVERRIDES.
+        if not getattr(module, "ACCEPTS_OVERRIDES", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     try:
-        return int(_load(args._module).run(args) or 0)
+        return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,230 @@
+"""Batched image-feature extraction with an on-disk cache shared by all evaluation protocols.
+
+Features are computed once per (model weights, dataset samples, preprocessing) and stored as a
+safetensors file (plain tensors + string metadata: nothing is unpickled when reading it back). The
+file name is that triple's fingerprint, so zero-shot and linear-probe runs over the same test set
+with the same model read the same file, and any change to the weights, the file list (or a file's
+size or mtime) or the transform gives a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+CACHE_FORMAT = "cliplab-features-v1"
+
+
+class SkippedImage(NamedTuple):
+    """An image left out of the features: its index in the dataset, file (or key), and why."""
+
+    index: int
+    source: str
+    reason: str
+
+
+class ImageFeatures(NamedTuple):
+    """Features [N, D] (float32, unit rows), labels [N] (int64), and the images that were skipped."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[SkippedImage]
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are given: every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The dataset's own ``fingerprint()`` (cliplab datasets hash their file list and transform)."""
+    if not hasattr(dataset, "fingerprint"):
+        raise TypeError(
+            f"{type(dataset).__name__} has no fingerprint(); caching needs one (use a cliplab.evaluation.datasets "
+            "dataset, or pass cache_path=None)"
+        )
+    return dataset.fingerprint()
+
+
+def cache_key(model: torch.nn.Module, dataset: Any) -> str:
+    """The cache key of ``model`` applied to ``dataset`` (its transform included)."""
+    text = f"{CACHE_FORMAT}\n{model_fingerprint(model)}\n{dataset_fingerprint(dataset)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_file(cache_path: str | os.PathLike, dataset: Any) -> Path:
+    """The cache file: ``cache_path`` itself when it has a suffix and is not a directory, else
+    ``cache_path/images-<dataset fingerprint>.pt`` (the name ``linear_probe.feature_cache_path``
+    uses too, so every protocol shares one file per split). The content is safetensors either way,
+    and it records the full key, so a file written by another model is recomputed, never reused.
+    """
+    path = Path(cache_path)
+    if path.suffix and not path.is_dir():
+        return path
+    return path / f"images-{dataset_fingerprint(dataset)[:20]}.pt"
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Yields ``(index, image, label, reason)``; ``image`` is None (with the reason) when unreadable."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        from ..transforms import ImageLoadError
+
+        if hasattr(self.dataset, "get"):
+            try:
+                image, label = self.dataset.get(index)
+            except ImageLoadError as exc:
+                return index, None, -1, str(exc)
+            return index, image, label, ""
+        item = self.dataset[index]
+        return (index, None, -1, "unreadable image") if item is None else (index, item[0], item[1], "")
+
+
+def _collate(items):
+    good = [it for it in items if it[1] is not None]
+    bad = [(it[0], it[3]) for it in items if it[1] is None]
+    images = torch.stack([it[1] for it in good]) if good else None
+    labels = torch.tensor([int(it[2]) for it in good], dtype=torch.long)
+    return images, labels, bad
+
+
+def _source(dataset: Any, index: int) -> str:
+    return dataset.source(index) if hasattr(dataset, "source") else f"sample {index}"
+
+
+def _compute(
+    model, dataset, batch_size: int, workers: int, device: torch.device, progress: bool
+) -> ImageFeatures:
+    loader = torch.utils.data.DataLoader(
+        _Indexed(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    feats, labels, skipped = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(dataset), desc="image features", unit="img", disable=not progress) as bar,
+        ):
+            for images, y, bad in loader:
+                skipped += [SkippedImage(i, _source(dataset, i), reason) for i, reason in bad]
+                if images is not None:
+                    out = model.encode_image(images.to(device, non_blocking=True))
+                    feats.append(F.normalize(out.float(), dim=-1).cpu())
+                    labels.append(y)
+                bar.update(len(y) + len(bad))
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError(
+            f"none of the {len(dataset)} images could be read (first: {skipped[0].reason if skipped else '-'})"
+        )
+    return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
+
+
+def save_features(path: str | os.PathLike, result: ImageFeatures, key: str) -> None:
+    """Write ``result`` to ``path`` (safetensors) atomically, tagged with ``key``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": CACHE_FORMAT, "key": key, "skipped": json.dumps([list(s) for s in result.skipped])}
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            {"features": result.features.contiguous(), "labels": result.labels.contiguous()},
+            tmp,
+            metadata=meta,
+        )
+        os.replace(tmp, path)  # readers never see a half-written file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_features(path: str | os.PathLike, key: str | None = None) -> ImageFeatures | None:
+    """Read a cache file; ``None`` if it is missing, unreadable, or was written for another ``key``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CACHE_FORMAT or (key is not None and meta.get("key") != key):
+                return None
+            features, labels = f.get_tensor("features"), f.get_tensor("labels")
+        skipped = [SkippedImage(int(i), str(s), str(r)) for i, s, r in json.loads(meta.get("skipped", "[]"))]
+    except Exception:  # a truncated or foreign file is recomputed, not fatal
+        return None
+    return ImageFeatures(features, labels, skipped)
+
+
+def extract_image_features(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 256,
+    workers: int | None = None,
+    device: str | torch.device | None = None,
+    cache_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ImageFeatures:
+    """Image features of every readable image of ``dataset``, in dataset order.
+
+    Returns ``(features [N, D] float32 with unit rows, labels [N], skipped)`` where ``skipped`` lists
+    the unreadable images (index, file, reason) and N = len(dataset) - len(skipped). Runs under
+    ``torch.inference_mode`` in batches of ``batch_size``, loading images with ``workers``
+    DataLoader processes (default: all cores; 0 loads in this process). ``device`` defaults to the
+    model's. With ``cache_path`` (a directory, or a file; see :func:`cache_file`) results are read from and
+    written to disk under a key of the model weights, the dataset's samples and its transform.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    workers = default_workers() if workers is None else workers
+    if cache_path is None:
+        return _compute(model, dataset, batch_size, workers, device, progress)
+    key = cache_key(model, dataset)
+    path = cache_file(cache_path, dataset)
+    cached = load_features(path, key)
+    if cached is not None:
+        return cached
+    result = _compute(model, dataset, batch_size, workers, device, progress)
+    save_features(path, result, key)
+    return result
