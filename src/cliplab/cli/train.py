@@ -1,0 +1,59 @@
+"""`cliplab train --config FILE [--out DIR] [--resume latest|DIR|FILE] [--key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+ACCEPTS_OVERRIDES = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or JSON file of settings (see configs/); defaults apply without one")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--resume", help="'latest' (this --out), a run directory or a checkpoint file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(overrides=[])
+    p.epilog = "Any setting can be overridden as --key=value, e.g. --lr=1e-3 --data.workers=0 (see configs/)."
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cliplab.training import TrainingDiverged, load_config, train
+    from cliplab.training.checkpointing import resolve_resume
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config_path = args.config
+    if args.resume and not config_path:
+        # resuming without --config: reuse the run's own resolved config
+        run_dir = Path(args.out) if args.resume == "latest" else Path(args.resume)
+        run_dir = run_dir if run_dir.is_dir() else resolve_resume(args.resume, Path(args.out)).parent.parent
+        config_path = run_dir / "config.yaml"
+    try:
+        cfg = load_config(config_path, args.overrides)
+    except ValueError as e:
+        print(f"cliplab train: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except (FileExistsError, FileNotFoundError, TrainingDiverged) as e:
+        print(f"cliplab train: {e}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 130 if summary["interrupted"] else 0
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\nsteps {summary['steps']}/{summary['total_steps']}  final loss {summary['final_loss'] or float('nan'):.4f}  "
+          f"{summary['samples_per_s']} samples/s  skipped samples {summary['skipped_samples']}  "
+          f"non-finite steps {summary['nonfinite_steps']}")
+    if summary["zeroshot"]:
+        print(f"\n{'zero-shot task':<16}{'top-1':>8}{'chance':>9}")
+        for task, r in summary["zeroshot"].items():
+            print(f"{task:<16}{r['top1']:>8.1%}{r['chance']:>9.1%}")
+        print(f"{'mean':<16}{summary['zeroshot_mean']:>8.1%}")
+    print(f"\nmodel: {summary['final_checkpoint']}")

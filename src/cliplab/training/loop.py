@@ -1,0 +1,369 @@
+"""The training run: model, optimiser, data, steps, evaluation, checkpoints and reports.
+
+``train(cfg, out_dir)`` is the whole job; the CLI only parses arguments. Rank and world size are
+arguments (the distributed launcher passes them), never read from the environment here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..data import build_train_loader
+from ..models import CLIP, CLIPConfig, build_model, get_config
+from ..tokenizer import tokenize
+from ..transforms import PreprocessConfig, image_transform
+from .checkpointing import CheckpointManager, load_training_checkpoint, resolve_resume, rng_state, set_rng_state
+from .config import TrainConfig, save_config
+from .loss import ClipLoss, clamp_logit_scale_
+from .optim import build_optimizer, cosine_lr, set_lr
+from .reporting import MetricsLog, plot_report
+from .step import compute_gradients
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class RunState:
+    step: int = 0  # batches consumed (optimizer steps attempted)
+    epoch: int = 0
+    next_batch: int = 0  # position in the epoch to resume from
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+    empty_batches: int = 0
+    samples_seen: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[list[str]] = field(default_factory=list)
+    best_score: float = -1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --- set-up --------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def build_training_model(cfg: TrainConfig) -> tuple[CLIP, PreprocessConfig]:
+    """A fresh model of ``cfg.model`` (name or JSON file), or the checkpoint ``cfg.pretrained``."""
+    if cfg.pretrained:
+        from ..checkpoints import load_checkpoint
+
+        model, preprocess = load_checkpoint(cfg.pretrained)
+        return model.float().train(), preprocess
+    if cfg.model.endswith(".json"):
+        config = CLIPConfig.from_dict(json.loads(Path(cfg.model).read_text()), source=cfg.model)
+    else:
+        config = get_config(cfg.model)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    return build_model(config), PreprocessConfig(image_size=config.vision.image_size)
+
+
+def lock_image_tower(model: CLIP) -> None:
+    """LiT: the image tower gets no gradients and its BatchNorm statistics stay frozen."""
+    for p in model.visual.parameters():
+        p.requires_grad_(False)
+    model.visual.eval()
+    original_train = model.train
+
+    def train(mode: bool = True):
+        original_train(mode)
+        model.visual.eval()
+        return model
+
+    model.train = train  # type: ignore[method-assign]
+
+
+def prepare_run_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    existing = out_dir / "checkpoints"
+    if existing.is_dir() and any(existing.iterdir()) and not resuming:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already holds a run; pass --resume latest to continue it, "
+                "--overwrite to start again, or choose another --out"
+            )
+        import shutil
+
+        for name in ("checkpoints", "tensorboard", "final"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "summary.json", "report.png"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+class StopFlag:
+    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupt received: writing a checkpoint after this step (press again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: Path, *, resume: str | None = None, overwrite: bool = False,
+                 rank: int = 0, world_size: int = 1, progress: bool = True):
+        self.cfg, self.out_dir, self.rank, self.world_size = cfg, Path(out_dir), rank, world_size
+        self.is_main = rank == 0
+        self.progress = progress and self.is_main
+        prepare_run_dir(self.out_dir, resume is not None, overwrite)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
+
+        self.model, self.preprocess_cfg = build_training_model(cfg)
+        self.model.to(self.device).train()
+        if cfg.lock_image:
+            lock_image_tower(self.model)
+        self.model.set_grad_checkpointing(cfg.grad_checkpointing)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.loss_fn = ClipLoss(rank=rank, world_size=world_size)
+        self.train_transform = image_transform(self.preprocess_cfg, train=True, crop_scale=cfg.train_crop_scale)
+        self.tokenize = functools.partial(tokenize, context_length=self.model.context_length, truncate=True)
+        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
+        self.state = RunState()
+        resume_step = None
+        if resume is not None:
+            resume_step = self._restore(resolve_resume(resume, self.out_dir))
+        else:
+            torch.manual_seed(cfg.seed + rank)
+        self.num_batches = self._loader(0, 0).num_batches
+        self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.num_batches
+        if self.is_main:
+            save_config(cfg, self.out_dir / "config.yaml")
+        self.metrics = MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
+        self.evaluator = None
+        if cfg.eval_every and self.is_main:
+            from .zeroshot_eval import SyntheticZeroShot
+
+            eval_tf = image_transform(self.preprocess_cfg)
+            self.evaluator = SyntheticZeroShot(eval_tf, self.preprocess_cfg.image_size, cfg.eval_per_class)
+        self.last_eval: dict[str, float] = {}
+
+    def _loader(self, epoch: int, start_batch: int):
+        return build_train_loader(
+            self.cfg.data, transform=self.train_transform, tokenize=self.tokenize, batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world_size, start_batch=start_batch,
+            image_size=self.preprocess_cfg.image_size,
+        )
+
+    # checkpoints -------------------------------------------------------------------------------
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "preprocess": self.preprocess_cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "run": self.state.to_dict(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self, is_best: bool = False) -> Path | None:
+        if not self.is_main:
+            return None
+        return self.checkpoints.save(self._checkpoint_state(), self.state.step, is_best=is_best)
+
+    def _restore(self, path: Path) -> int:
+        ckpt = load_training_checkpoint(path)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.state = RunState(**ckpt["run"])
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step,
+                    self.state.epoch, self.state.next_batch)
+        return self.state.step
+
+    # steps ----------------------------------------------------------------------------------------
+
+    def _record_skips(self, batch) -> None:
+        for rec in batch.skipped:
+            self.state.skipped[rec.kind] = self.state.skipped.get(rec.kind, 0) + 1
+            if len(self.state.skipped_examples) < 100:
+                self.state.skipped_examples.append([rec.source, rec.reason])
+
+    def train_step(self, batch) -> dict[str, float] | None:
+        """One optimizer step on ``batch``; returns its log record, or None when the step was skipped."""
+        cfg, st = self.cfg, self.state
+        lr = cosine_lr(st.step, cfg.lr, cfg.warmup_steps, self.total_steps, cfg.min_lr)
+        set_lr(self.optimizer, lr)
+        batch = batch.to(self.device, non_blocking=True)
+        result = compute_gradients(self.model, self.loss_fn, batch.images, batch.texts, cfg.accum_steps,
+                                   cfg.precision, self.scaler)
+        grad_norm = None
+        if result.finite and cfg.grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm) and self.scaler is None:
+                result.finite = False
+        if not result.finite:
+            self.model.zero_grad(set_to_none=True)
+            st.nonfinite_total += 1
+            st.nonfinite_streak += 1
+            logger.warning("step %d: non-finite loss/gradient (%s); step skipped (%d in a row)",
+                           st.step, result.loss, st.nonfinite_streak)
+            if st.nonfinite_streak >= cfg.max_nonfinite:
+                raise TrainingDiverged(
+                    f"{st.nonfinite_streak} consecutive non-finite steps at step {st.step}; stopping. The last good "
+                    f"checkpoint in {self.checkpoints.directory} is intact: lower lr, enable grad_clip or use "
+                    "fp32/bf16, then --resume it"
+                )
+            return None
+        st.nonfinite_streak = 0
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        clamp_logit_scale_(self.model.logit_scale)
+        st.samples_seen += len(batch) * self.world_size
+        record = {"loss": result.loss, "lr": lr, "logit_scale": float(self.model.logit_scale.exp())}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        if self.evaluator is None:
+            return {}
+        results = self.evaluator(self.model, self.device)
+        self.last_eval = results
+        mean = sum(results.values()) / len(results)
+        self.metrics.log({"kind": "eval", "step": self.state.step, "mean": mean,
+                          **{f"zeroshot/{k}": v for k, v in results.items()}})
+        return results
+
+    def run(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        t0, samples0, interrupted = time.perf_counter(), st.samples_seen, False
+        window: list[float] = []
+        with StopFlag() as stop:
+            while st.step < self.total_steps and not interrupted:
+                loader = self._loader(st.epoch, st.next_batch)
+                for batch in loader:
+                    self._record_skips(batch)
+                    record = self.train_step(batch) if len(batch) else None
+                    if not len(batch):
+                        st.empty_batches += 1
+                    st.step += 1
+                    st.next_batch = batch.position + 1
+                    if st.next_batch >= self.num_batches:
+                        st.epoch, st.next_batch = st.epoch + 1, 0
+                    bar.update(1)
+                    if record is not None:
+                        window = (window + [record["loss"]])[-50:]
+                        rate = (st.samples_seen - samples0) / max(1e-9, time.perf_counter() - t0)
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", samples_s=f"{rate:.0f}")
+                        if self.is_main and (st.step % cfg.log_every == 0 or st.step == self.total_steps):
+                            self.metrics.log({"kind": "train", "step": st.step, "epoch": st.epoch,
+                                              "samples_per_s": rate, **record})
+                    self._periodic(final=st.step >= self.total_steps)
+                    if stop.requested:
+                        interrupted = True
+                        self.save_checkpoint()
+                    if st.step >= self.total_steps or interrupted:
+                        break
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        summary = self._summary(elapsed, window, interrupted)
+        if self.is_main:
+            self._export_final()
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            chance = self.evaluator.chance if self.evaluator else None
+            plot_report(self.metrics.path, self.out_dir / "report.png", chance)
+            self.metrics.close()
+        return summary
+
+    def _periodic(self, final: bool) -> None:
+        cfg, st = self.cfg, self.state
+        is_best = False
+        if self.evaluator is not None and (final or st.step % cfg.eval_every == 0):
+            results = self.evaluate()
+            mean = sum(results.values()) / len(results)
+            is_best = mean > st.best_score
+            st.best_score = max(st.best_score, mean)
+        if final or is_best or (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0):
+            self.save_checkpoint(is_best=is_best)
+
+    def _export_final(self) -> None:
+        from ..checkpoints import save_checkpoint
+
+        save_checkpoint(self.model, self.out_dir / "final", preprocess=self.preprocess_cfg,
+                        extra={"step": self.state.step, "train_config": self.cfg.to_dict()})
+
+    def _summary(self, elapsed: float, window: list[float], interrupted: bool) -> dict[str, Any]:
+        st = self.state
+        chance = self.evaluator.chance if self.evaluator else {}
+        return {
+            "steps": st.step,
+            "total_steps": self.total_steps,
+            "interrupted": interrupted,
+            "final_loss": sum(window) / len(window) if window else None,
+            "samples_seen": st.samples_seen,
+            "seconds": round(elapsed, 1),
+            "samples_per_s": round(st.samples_seen / elapsed, 1) if elapsed > 0 else None,
+            "skipped_samples": sum(st.skipped.values()),
+            "skipped_by_reason": st.skipped,
+            "skipped_examples": st.skipped_examples[:20],
+            "empty_batches": st.empty_batches,
+            "nonfinite_steps": st.nonfinite_total,
+            "zeroshot": {k: {"top1": v, "chance": chance.get(k)} for k, v in self.last_eval.items()},
+            "zeroshot_mean": (sum(self.last_eval.values()) / len(self.last_eval)) if self.last_eval else None,
+            "final_checkpoint": str(self.out_dir / "final"),
+        }
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, **kwargs) -> dict[str, Any]:
+    """Run training to completion (or interruption); returns the summary also written to summary.json."""
+    return Trainer(cfg, Path(out_dir), **kwargs).run()
