@@ -67,6 +67,7 @@ class DataConfig:
     caption_key: str = "caption"
     synthetic_size: int = 100_000
     synthetic_seed: int = 0
+    synthetic_cache: bool = False  # render the synthetic set once into memory; epochs re-augment it
     num_samples: int | None = None
     resampled: bool = False
     workers: int = 2
@@ -304,19 +305,63 @@ def _open_file(path: str) -> Image.Image:
 
 
 class SyntheticSource:
-    """The built-in generator; sample i is a pure function of (synthetic_seed, i)."""
+    """The built-in generator; sample i is a pure function of (synthetic_seed, i).
 
-    def __init__(self, size: int, seed: int, image_size: int) -> None:
+    With ``cache=True`` all images are rendered once per process (in parallel, with a progress bar)
+    into one uint8 array that forked DataLoader workers share; later epochs only re-augment them.
+    The pixels are identical to rendering on the fly.
+    """
+
+    def __init__(self, size: int, seed: int, image_size: int, cache: bool = False) -> None:
         from .synthetic import SyntheticCaptions
 
         self.data = SyntheticCaptions(size, seed=seed, image_size=image_size, split="train")
+        self.cached = _render_cached(size, seed, image_size) if cache else None
 
     def __len__(self) -> int:
         return len(self.data)
 
     def get(self, index: int) -> tuple[str, Callable[[], Image.Image], str]:
+        if self.cached is not None:
+            pixels, captions = self.cached
+            return f"synthetic:{index}", lambda: Image.fromarray(pixels[index]), captions[index]
         sample = self.data[index]
         return f"synthetic:{index}", lambda: sample.image, sample.caption
+
+
+_SYNTHETIC_CACHE: dict[tuple[int, int, int], tuple[np.ndarray, StringTable]] = {}
+
+
+def _render_range(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, list[str]]:
+    from .synthetic import SyntheticCaptions
+
+    size, seed, image_size, start, stop = args
+    data = SyntheticCaptions(size, seed=seed, image_size=image_size, split="train")
+    samples = [data[i] for i in range(start, stop)]
+    return np.stack([np.asarray(s.image, dtype=np.uint8) for s in samples]), [s.caption for s in samples]
+
+
+def _render_cached(size: int, seed: int, image_size: int) -> tuple[np.ndarray, StringTable]:
+    key = (size, seed, image_size)
+    if key not in _SYNTHETIC_CACHE:
+        import multiprocessing as mp
+
+        from tqdm import tqdm
+
+        chunk = 500
+        jobs = [(size, seed, image_size, a, min(size, a + chunk)) for a in range(0, size, chunk)]
+        pixels = np.empty((size, image_size, image_size, 3), dtype=np.uint8)
+        captions: list[str] = []
+        processes = max(1, min(os.cpu_count() or 1, len(jobs)))
+        with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(processes) as pool:
+            bar = tqdm(total=size, desc="rendering synthetic set", unit="img")
+            for (start, *_), (arr, caps) in zip(((j[3],) for j in jobs), pool.imap(_render_range, jobs)):
+                pixels[start : start + len(arr)] = arr
+                captions.extend(caps)
+                bar.update(len(arr))
+            bar.close()
+        _SYNTHETIC_CACHE[key] = (pixels, StringTable(captions))
+    return _SYNTHETIC_CACHE[key]
 
 
 class MapSamples(Dataset):
@@ -432,7 +477,7 @@ def build_train_loader(
     if cfg.source == "manifest":
         source = ManifestSource(read_manifest(cfg.path, cfg.image_key, cfg.caption_key))
     else:
-        source = SyntheticSource(cfg.synthetic_size, cfg.synthetic_seed, image_size or 64)
+        source = SyntheticSource(cfg.synthetic_size, cfg.synthetic_seed, image_size or 64, cfg.synthetic_cache)
     batches = epoch_batches(len(source), batch_size, seed, epoch, rank, world_size)
     if not batches:
         raise ValueError(

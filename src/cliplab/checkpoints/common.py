@@ -1,0 +1,272 @@
+"""Pieces every checkpoint format shares: the error type, safe readers and building the model.
+
+Every reader returns a :class:`Loaded`: weights already mapped to OpenAI's key layout (the layout of
+:class:`cliplab.models.CLIP`), plus the architecture and preprocessing when the file records them.
+Nothing here unpickles arbitrary Python objects: torch files are read with ``weights_only=True``
+and safetensors files hold nothing but tensors and a string-to-string header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..models import CLIP, CLIPConfig, infer_config
+from ..transforms import PreprocessConfig
+
+# Integer entries in OpenAI's archives describing the model, not weights.
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model; the message names the file or key."""
+
+
+@dataclass
+class Loaded:
+    """What a format reader found: OpenAI-layout weights and whatever configuration the file carries."""
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    config: CLIPConfig | None = None
+    preprocess: PreprocessConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def is_torch_zip(path: Path) -> bool:
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def is_torchscript_zip(path: Path) -> bool:
+    """TorchScript archives carry compiled ``code/`` and ``constants.pkl``; ``torch.save`` zips do not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def torch_load(path: Path, *, mmap: bool = False) -> object:
+    """``torch.load`` restricted to tensors and plain containers, with errors that name the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_torch_zip(path))
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to unpickle it: the file holds Python objects other than tensors and plain "
+            f"containers, and cliplab never runs code from a checkpoint ({_pickle_reason(exc)}). If you trust "
+            "the file, re-save only its weights elsewhere: torch.save(torch.load(p, weights_only=False)"
+            "['state_dict'], 'weights.pt')."
+        ) from None
+    except Exception as exc:  # corrupt data surfaces as RuntimeError, EOFError, IndexError, KeyError...
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch file; it is truncated, corrupt or of another kind "
+            f"({type(exc).__name__}: {_first_line(exc)}). Re-download or re-save it."
+        ) from None
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and the string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ValueError...
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file; it is truncated or corrupt "
+            f"({type(exc).__name__}: {_first_line(exc)}). Re-download or re-save it."
+        ) from None
+
+
+def read_weights_file(path: Path, *, mmap: bool = False) -> object:
+    """A safetensors file's tensors, or a torch file's contents (weights only)."""
+    if safetensors_metadata(path) is not None:
+        return read_safetensors(path)[0]
+    return torch_load(path, mmap=mmap)
+
+
+def safetensors_metadata(path: Path) -> dict[str, str] | None:
+    """The header metadata of a safetensors file, or None when the file is not one (cheap: header only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            size = int.from_bytes(head, "little")
+            if size < 2 or size > 100_000_000 or size + 8 > os.path.getsize(path):
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return header.get("__metadata__", {}) if isinstance(header, dict) else None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove ``prefix`` when every key has it (DDP's ``module.``, torch.compile's ``_orig_mod.``)."""
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def default_preprocess(config: CLIPConfig) -> PreprocessConfig:
+    """OpenAI's preprocessing (bicubic resize, centre crop, their mean/std) at the model's input size."""
+    return PreprocessConfig(image_size=config.vision.image_size)
+
+
+def resolve_config(
+    loaded: Loaded, path: Path, config: CLIPConfig | None, quick_gelu: bool | None
+) -> CLIPConfig:
+    """Explicit config, else the file's, else inferred from the weights; ``quick_gelu`` overrides last."""
+    cfg = config or loaded.config
+    if cfg is None:
+        try:
+            cfg = infer_config(loaded.state_dict, quick_gelu=True if quick_gelu is None else quick_gelu)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path} ({loaded.format} format): cannot infer the architecture from its weights ({exc}). "
+                f"Some keys: {_sample(loaded.state_dict)}."
+            ) from None
+    if quick_gelu is not None and cfg.quick_gelu != quick_gelu:
+        cfg = replace(cfg, quick_gelu=quick_gelu)
+    return cfg
+
+
+def build_model(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig, path: Path, fmt: str) -> CLIP:
+    """A float32 CPU ``CLIP`` holding ``state_dict``; any key or shape mismatch is a CheckpointError."""
+    # Build on the meta device: random initialisation of a large model costs seconds and every
+    # value is overwritten anyway. Strict key checking below guarantees nothing stays uninitialised.
+    with torch.device("meta"):
+        model = CLIP(config)
+    expected = model.state_dict()
+    sd = dict(state_dict)
+    for key in expected:
+        # OpenAI's and some open_clip ResNet files lack BatchNorm's step counter; it does not affect eval.
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = torch.tensor(0, dtype=torch.long)
+    check_keys(sd, expected, path, fmt, config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def check_keys(
+    sd: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    path: Path,
+    fmt: str,
+    config: CLIPConfig,
+) -> None:
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(sd) & set(expected))
+        if tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:4]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:4]}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:3]}")
+    raise CheckpointError(
+        f"{path} (detected format: {fmt}) does not fit the architecture {_describe(config)}: "
+        + "; ".join(problems)
+        + ". If the architecture was inferred wrongly (head counts are guessed as width // 64), pass "
+        "config=<name or CLIPConfig>; otherwise the file is of an unsupported variant."
+    )
+
+
+def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it into place.
+
+    A crash or exception leaves either the old file or the new one, never a partial file.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a new directory through ``write(tmp_dir)``, then rename it to ``target``.
+
+    When ``target`` already exists it may hold other files (logs, a user's notes), so it is not
+    replaced wholesale: each written file is renamed over its old version one at a time instead.
+    """
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target} exists and is not a directory; choose another path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            # One rename per file, config last; only a concurrent reader could see a mixed pair.
+            for item in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".json"):
+                os.replace(item, target / item.name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _describe(config: CLIPConfig) -> str:
+    v, t = config.vision, config.text
+    tower = (
+        f"ViT {v.layers}x{v.width}/p{v.patch_size}"
+        if v.kind == "vit"
+        else f"ResNet{list(v.layers)}x{v.width}"
+    )
+    return f"({tower} @ {v.image_size}px, text {t.layers}x{t.width}, embed {config.embed_dim})"
+
+
+def _sample(sd: Mapping[str, object], n: int = 6) -> list[str]:
+    return sorted(sd)[:n]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pickle_reason(exc: BaseException) -> str:
+    """The line of torch's long weights_only message that names the refused global."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "GLOBAL" in ln or "global" in ln]
+    return (named or lines or [type(exc).__name__])[0]
