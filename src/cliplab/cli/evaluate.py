@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(rt)
     rt.add_argument("--data", required=True, help="captions file (CSV/JSONL, COCO or Karpathy JSON)")
     rt.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (bounds memory)")
+    rt.add_argument("--images", help="folder the image paths are relative to (default: the captions file's folder)")
+    rt.add_argument("--image-column", default="image", help="CSV/JSONL column holding the image path")
+    rt.add_argument("--caption-column", default="caption", help="CSV/JSONL column holding the caption")
+    rt.add_argument("--split", default="test", help="Karpathy-format split to evaluate (default: test)")
 
 
 def _device(name: str | None) -> str:
@@ -180,6 +184,10 @@ def _retrieval(args, model, preprocess, device: str) -> dict[str, Any]:
         device=device,
         cache_dir=args.cache_dir,
         chunk_size=args.chunk_size,
+        images_root=args.images,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        split=args.split,
     )
     return {"protocol": "retrieval", "data": str(args.data), **result}
 

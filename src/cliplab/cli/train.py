@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 ACCEPTS_OVERRIDES = True
@@ -21,30 +22,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from cliplab.data import ManifestError
     from cliplab.training import TrainingDiverged, load_config, train
-    from cliplab.training.checkpointing import resolve_resume
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config_path = args.config
-    if args.resume and not config_path:
-        # resuming without --config: reuse the run's own resolved config
-        run_dir = Path(args.out) if args.resume == "latest" else Path(args.resume)
-        run_dir = run_dir if run_dir.is_dir() else resolve_resume(args.resume, Path(args.out)).parent.parent
-        config_path = run_dir / "config.yaml"
     try:
-        cfg = load_config(config_path, args.overrides)
-    except ValueError as e:
+        cfg = load_config(_config_path(args), args.overrides)
+    except (ValueError, FileNotFoundError) as e:
         print(f"cliplab train: {e}", file=sys.stderr)
         return 2
     try:
         summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (FileExistsError, FileNotFoundError, TrainingDiverged) as e:
+    except (FileExistsError, FileNotFoundError, TrainingDiverged, ManifestError) as e:
         print(f"cliplab train: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
     return 130 if summary["interrupted"] else 0
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """--config, or when resuming without one, the run's own resolved config.yaml."""
+    from cliplab.training.checkpointing import resolve_resume
+
+    if args.config or not args.resume:
+        return args.config
+    run_dir = Path(args.out) if args.resume == "latest" else Path(args.resume)
+    if not run_dir.is_dir():
+        run_dir = resolve_resume(args.resume, Path(args.out)).parent.parent
+    return run_dir / "config.yaml"
 
 
 def print_summary(summary: dict) -> None:

@@ -74,13 +74,14 @@ def cache_key(model: torch.nn.Module, dataset: Any) -> str:
 
 
 def cache_file(cache_path: str | os.PathLike, dataset: Any) -> Path:
-    """The cache file: ``cache_path`` itself when it has a suffix and is not a directory, else
+    """The cache file: ``cache_path`` itself when it ends in .pt/.safetensors and is not a directory, else
     ``cache_path/images-<dataset fingerprint>.pt`` (the name ``linear_probe.feature_cache_path``
     uses too, so every protocol shares one file per split). The content is safetensors either way,
     and it records the full key, so a file written by another model is recomputed, never reused.
     """
     path = Path(cache_path)
-    if path.suffix and not path.is_dir():
+    # Only these suffixes mean "a file": a cache folder such as "runs/vit.b32" must stay a folder.
+    if path.suffix in (".pt", ".safetensors") and not path.is_dir():
         return path
     return path / f"images-{dataset_fingerprint(dataset)[:20]}.pt"
 

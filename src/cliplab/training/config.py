@@ -65,7 +65,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if self.batch_size % self.accum_steps:
-            problems.append(f"batch_size={self.batch_size} must be divisible by accum_steps={self.accum_steps}")
+            problems.append(
+                f"batch_size={self.batch_size} must be divisible by accum_steps={self.accum_steps}"
+            )
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}")
         if not 0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1:
@@ -109,7 +111,7 @@ def _typed(key: str, value: Any, t: Any) -> Any:
         args = typing.get_args(t)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise _type_error(key, value, t)
-        return tuple(_typed(key, v, a) for v, a in zip(value, args))
+        return tuple(_typed(key, v, a) for v, a in zip(value, args, strict=True))
     if t is float and isinstance(value, str):
         try:
             return float(value)

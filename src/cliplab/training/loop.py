@@ -267,7 +267,7 @@ class Trainer:
             self.optimizer.step()
         clamp_logit_scale_(self.model.logit_scale)
         st.samples_seen += len(batch) * self.world_size
-        record = {"loss": result.loss, "lr": lr, "logit_scale": float(self.model.logit_scale.exp())}
+        record = {"loss": result.loss, "lr": lr, "logit_scale": float(self.model.logit_scale.detach().exp())}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record

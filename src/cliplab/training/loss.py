@@ -23,7 +23,9 @@ def clamp_logit_scale_(logit_scale: nn.Parameter, max_scale: float = MAX_LOGIT_S
         logit_scale.clamp_(0, float(torch.log(torch.tensor(max_scale))))
 
 
-def gather_features(features: torch.Tensor, rank: int, world_size: int, with_grad: bool = True) -> torch.Tensor:
+def gather_features(
+    features: torch.Tensor, rank: int, world_size: int, with_grad: bool = True
+) -> torch.Tensor:
     """Concatenate ``features`` from all ranks in rank order.
 
     With ``with_grad`` the gradient flows back to every rank's features (torch.distributed.nn);

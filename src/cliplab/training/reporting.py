@@ -83,7 +83,7 @@ def plot_report(metrics_path: Path, out_png: Path, chance: dict[str, float] | No
     evals = [r for r in records if r.get("kind") == "eval"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     panels = [("loss", "contrastive loss"), ("lr", "learning rate"), ("logit_scale", "logit scale exp(t)")]
-    for ax, (key, title) in zip(axes.flat, panels):
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
         xs = [r["step"] for r in train if key in r]
         ax.plot(xs, [r[key] for r in train if key in r], lw=1.2)
         ax.set_title(title)
@@ -91,7 +91,7 @@ def plot_report(metrics_path: Path, out_png: Path, chance: dict[str, float] | No
         ax.grid(alpha=0.3)
     ax = axes.flat[3]
     tasks = sorted({k[len("zeroshot/") :] for r in evals for k in r if k.startswith("zeroshot/")})
-    for i, task in enumerate(tasks):
+    for task in tasks:
         key = f"zeroshot/{task}"
         xs = [r["step"] for r in evals if key in r]
         (line,) = ax.plot(xs, [r[key] for r in evals if key in r], marker="o", ms=3, label=task)

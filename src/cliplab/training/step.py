@@ -69,11 +69,11 @@ def compute_gradients(
 
     image_chunks, text_chunks = images.chunk(accum_steps), texts.chunk(accum_steps)
     with torch.no_grad(), autocast_context(device, precision):
-        cached = [_features(model, i, t) for i, t in zip(image_chunks, text_chunks)]
+        cached = [_features(model, i, t) for i, t in zip(image_chunks, text_chunks, strict=True)]
         full_loss = loss_fn(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]), model.logit_scale)
     if not torch.isfinite(full_loss):
         return StepResult(float(full_loss), False)
-    for j, (i, t) in enumerate(zip(image_chunks, text_chunks)):
+    for j, (i, t) in enumerate(zip(image_chunks, text_chunks, strict=True)):
         with autocast_context(device, precision):
             image_f, text_f = _features(model, i, t)
             all_image = torch.cat([c[0] for c in cached[:j]] + [image_f] + [c[0] for c in cached[j + 1 :]])
