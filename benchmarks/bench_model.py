@@ -88,7 +88,9 @@ def bench_image(model, ref, batches: int, repeats: int, batch: int = 32) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classes", type=int, default=20, help="ImageNet classes (x 80 templates)")
     parser.add_argument("--image-batches", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
@@ -108,13 +110,19 @@ def main(argv: list[str] | None = None) -> dict:
     t, i = results["encode_text"], results["encode_image"]
     print(f"encode_text  ViT-B/32, {t['prompts']} zero-shot prompts (mean {t['mean_tokens']:.1f} tokens)")
     print(f"  cliplab (truncated)  {t['cliplab_prompts_per_s']:8.1f} prompts/s")
-    print(f"  full 77 positions    {t['full_length_prompts_per_s']:8.1f} prompts/s   speed-up {t['speedup_vs_full_length']:.2f}x"
-          f"   max|diff| {t['max_abs_diff_vs_full_length']:.2e}")
-    print(f"  OpenAI reference     {t['openai_prompts_per_s']:8.1f} prompts/s   speed-up {t['speedup_vs_openai']:.2f}x"
-          f"   max|diff| {t['max_abs_diff_vs_openai']:.2e}")
+    print(
+        f"  full 77 positions    {t['full_length_prompts_per_s']:8.1f} prompts/s   speed-up {t['speedup_vs_full_length']:.2f}x"
+        f"   max|diff| {t['max_abs_diff_vs_full_length']:.2e}"
+    )
+    print(
+        f"  OpenAI reference     {t['openai_prompts_per_s']:8.1f} prompts/s   speed-up {t['speedup_vs_openai']:.2f}x"
+        f"   max|diff| {t['max_abs_diff_vs_openai']:.2e}"
+    )
     print(f"encode_image ViT-B/32 float32, batch {i['batch']}")
-    print(f"  cliplab {i['cliplab_images_per_s']:.1f} images/s, OpenAI {i['openai_images_per_s']:.1f} images/s, "
-          f"ratio {i['ratio_cliplab_over_openai']:.2f}x, max|diff| {i['max_abs_diff']:.2e}")
+    print(
+        f"  cliplab {i['cliplab_images_per_s']:.1f} images/s, OpenAI {i['openai_images_per_s']:.1f} images/s, "
+        f"ratio {i['ratio_cliplab_over_openai']:.2f}x, max|diff| {i['max_abs_diff']:.2e}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

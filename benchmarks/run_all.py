@@ -37,7 +37,9 @@ def main(names: list[str]) -> int:
         args = [a.replace("{json}", str(json_path)) for a in BENCHMARKS[name]]
         print(f"=== {name} {' '.join(args)}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *args], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / f"{name}.py"), *args], capture_output=True, text=True
+        )
         (RESULTS / f"{name}.txt").write_text(proc.stdout + ("\n" + proc.stderr if proc.returncode else ""))
         print(proc.stdout.strip()[-3000:])
         print(f"--- {name}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s\n", flush=True)

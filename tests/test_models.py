@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
+from reference import load_reference
 
 from cliplab.models import CLIP, CLIPConfig, build_model, get_config, infer_config, list_configs
-
-from reference import load_reference
 
 SMALL = ["micro", "tiny", "tiny-rn"]
 EOT = 49407
@@ -155,7 +154,9 @@ def test_parity_with_openai_reference(name):
     ours = CLIP(cfg).eval()
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(1 if cfg.text.width > 512 else 2, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    images = torch.randn(
+        1 if cfg.text.width > 512 else 2, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g
+    )
     tokens = random_tokens(3, cfg.text.context_length, seed=2)
     with torch.no_grad():
         for a, b in [

@@ -387,8 +387,11 @@ def test_consecutive_nonfinite_steps_stop_with_diverged(tmp_path, monkeypatch):
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
     # no update happened after the good steps, and the checkpoint loads as a model too
     assert_bitwise_equal(ckpt["state_dict"], trainer.model.state_dict())
-    model, _ = cliplab.load(good[0])
+    model, preprocess = cliplab.load(good[0])
     assert_bitwise_equal(model.state_dict(), ckpt["state_dict"])
+    # the training checkpoint describes itself: architecture and preprocessing come from the file
+    assert model.config.to_dict() == ckpt["model_config"]
+    assert preprocess.cfg.to_dict() == ckpt["preprocess"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ The top level mirrors OpenAI's ``clip`` package::
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .models import CLIP, CLIPConfig, build_model, get_config, list_configs
 from .tokenizer import tokenize

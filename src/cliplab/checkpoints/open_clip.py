@@ -65,7 +65,16 @@ def read_open_clip(path: Path) -> Loaded:
         return _read_hub_dir(path)
     if path.name in HUB_WEIGHTS and is_open_clip_dir(path.parent):
         return _read_hub_dir(path.parent)
-    return Loaded(to_openai_layout(unwrap(read_weights_file(path), path), path), "open_clip")
+    obj = read_weights_file(path)
+    config = preprocess = None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_config"), Mapping):
+        # cliplab's own training checkpoints carry their architecture and preprocessing
+        config = CLIPConfig.from_dict(obj["model_config"], source=f"{path}: model_config")
+        if isinstance(obj.get("preprocess"), Mapping):
+            preprocess = PreprocessConfig.from_dict(obj["preprocess"])
+    return Loaded(
+        to_openai_layout(unwrap(obj, path), path), "open_clip", config=config, preprocess=preprocess
+    )
 
 
 def unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

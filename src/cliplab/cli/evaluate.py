@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(rt)
     rt.add_argument("--data", required=True, help="captions file (CSV/JSONL, COCO or Karpathy JSON)")
     rt.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once (bounds memory)")
-    rt.add_argument("--images", help="folder the image paths are relative to (default: the captions file's folder)")
+    rt.add_argument(
+        "--images", help="folder the image paths are relative to (default: the captions file's folder)"
+    )
     rt.add_argument("--image-column", default="image", help="CSV/JSONL column holding the image path")
     rt.add_argument("--caption-column", default="caption", help="CSV/JSONL column holding the caption")
     rt.add_argument("--split", default="test", help="Karpathy-format split to evaluate (default: test)")

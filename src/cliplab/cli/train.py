@@ -7,12 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-
 ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or JSON file of settings (see configs/); defaults apply without one")
+    p.add_argument(
+        "--config", help="YAML or JSON file of settings (see configs/); defaults apply without one"
+    )
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--resume", help="'latest' (this --out), a run directory or a checkpoint file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"cliplab train: {e}", file=sys.stderr)
         return 2
     try:
-        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = train(
+            cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (FileExistsError, FileNotFoundError, TrainingDiverged, ManifestError) as e:
         print(f"cliplab train: {e}", file=sys.stderr)
         return 1
@@ -53,9 +56,11 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\nsteps {summary['steps']}/{summary['total_steps']}  final loss {summary['final_loss'] or float('nan'):.4f}  "
-          f"{summary['samples_per_s']} samples/s  skipped samples {summary['skipped_samples']}  "
-          f"non-finite steps {summary['nonfinite_steps']}")
+    print(
+        f"\nsteps {summary['steps']}/{summary['total_steps']}  final loss {summary['final_loss'] or float('nan'):.4f}  "
+        f"{summary['samples_per_s']} samples/s  skipped samples {summary['skipped_samples']}  "
+        f"non-finite steps {summary['nonfinite_steps']}"
+    )
     if summary["zeroshot"]:
         print(f"\n{'zero-shot task':<16}{'top-1':>8}{'chance':>9}")
         for task, r in summary["zeroshot"].items():

@@ -355,7 +355,8 @@ def _render_cached(size: int, seed: int, image_size: int) -> tuple[np.ndarray, S
         processes = max(1, min(os.cpu_count() or 1, len(jobs)))
         with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(processes) as pool:
             bar = tqdm(total=size, desc="rendering synthetic set", unit="img")
-            for (start, *_), (arr, caps) in zip(((j[3],) for j in jobs), pool.imap(_render_range, jobs)):
+            for job, (arr, caps) in zip(jobs, pool.imap(_render_range, jobs), strict=True):
+                start = job[3]
                 pixels[start : start + len(arr)] = arr
                 captions.extend(caps)
                 bar.update(len(arr))
@@ -477,7 +478,9 @@ def build_train_loader(
     if cfg.source == "manifest":
         source = ManifestSource(read_manifest(cfg.path, cfg.image_key, cfg.caption_key))
     else:
-        source = SyntheticSource(cfg.synthetic_size, cfg.synthetic_seed, image_size or 64, cfg.synthetic_cache)
+        source = SyntheticSource(
+            cfg.synthetic_size, cfg.synthetic_seed, image_size or 64, cfg.synthetic_cache
+        )
     batches = epoch_batches(len(source), batch_size, seed, epoch, rank, world_size)
     if not batches:
         raise ValueError(

@@ -62,7 +62,9 @@ class CLIP(nn.Module):
         x = self.visual(images.to(self.dtype))
         return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False, full_length: bool = False) -> torch.Tensor:
+    def encode_text(
+        self, text: torch.Tensor, normalize: bool = False, full_length: bool = False
+    ) -> torch.Tensor:
         """(N, L) token ids -> (N, embed_dim) features, read at each row's end-of-text token.
 
         The end-of-text token has the highest id, so ``argmax`` finds it (as in OpenAI's code). With the

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 VISION_KINDS = ("vit", "resnet")
 
@@ -40,7 +41,9 @@ class VisionConfig:
                 raise ValueError(f"vision.layers must be 4 stage depths for a ResNet, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(int(n) for n in layers))
             if self.image_size % 32:
-                raise ValueError(f"vision.image_size must be a multiple of 32 for a ResNet, got {self.image_size}")
+                raise ValueError(
+                    f"vision.image_size must be a multiple of 32 for a ResNet, got {self.image_size}"
+                )
             if (self.width * 32) % self.heads:
                 raise ValueError(f"vision.heads={self.heads} must divide the pooled width {self.width * 32}")
         else:
@@ -153,15 +156,26 @@ def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool = True) -> CLIP
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
         vision = VisionConfig(
-            kind="vit", image_size=patch * grid, layers=layers, width=width, heads=max(1, width // 64), patch_size=patch
+            kind="vit",
+            image_size=patch * grid,
+            layers=layers,
+            width=width,
+            heads=max(1, width // 64),
+            patch_size=patch,
         )
     elif "visual.attnpool.positional_embedding" in sd:
-        stages = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")}) for i in (1, 2, 3, 4))
+        stages = tuple(
+            len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")}) for i in (1, 2, 3, 4)
+        )
         width = sd["visual.layer1.0.conv1.weight"].shape[0]
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision = VisionConfig(kind="resnet", image_size=grid * 32, layers=stages, width=width, heads=width * 32 // 64)
+        vision = VisionConfig(
+            kind="resnet", image_size=grid * 32, layers=stages, width=width, heads=width * 32 // 64
+        )
     else:
-        raise KeyError("cannot infer the image tower: neither 'visual.proj' nor 'visual.attnpool.*' is in the weights")
+        raise KeyError(
+            "cannot infer the image tower: neither 'visual.proj' nor 'visual.attnpool.*' is in the weights"
+        )
     text_width = sd["ln_final.weight"].shape[0]
     text = TextConfig(
         context_length=sd["positional_embedding"].shape[0],
@@ -170,4 +184,6 @@ def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool = True) -> CLIP
         heads=max(1, text_width // 64),
         layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
     )
-    return CLIPConfig(embed_dim=sd["text_projection"].shape[1], vision=vision, text=text, quick_gelu=quick_gelu)
+    return CLIPConfig(
+        embed_dim=sd["text_projection"].shape[1], vision=vision, text=text, quick_gelu=quick_gelu
+    )

@@ -23,7 +23,13 @@ from ..data import build_train_loader
 from ..models import CLIP, CLIPConfig, build_model, get_config
 from ..tokenizer import tokenize
 from ..transforms import PreprocessConfig, image_transform
-from .checkpointing import CheckpointManager, load_training_checkpoint, resolve_resume, rng_state, set_rng_state
+from .checkpointing import (
+    CheckpointManager,
+    load_training_checkpoint,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
 from .config import TrainConfig, save_config
 from .loss import ClipLoss, clamp_logit_scale_
 from .optim import build_optimizer, cosine_lr, set_lr
@@ -143,8 +149,17 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out_dir: Path, *, resume: str | None = None, overwrite: bool = False,
-                 rank: int = 0, world_size: int = 1, progress: bool = True):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: Path,
+        *,
+        resume: str | None = None,
+        overwrite: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        progress: bool = True,
+    ):
         self.cfg, self.out_dir, self.rank, self.world_size = cfg, Path(out_dir), rank, world_size
         self.is_main = rank == 0
         self.progress = progress and self.is_main
@@ -153,7 +168,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
+            raise ValueError(
+                "precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU"
+            )
 
         self.model, self.preprocess_cfg = build_training_model(cfg)
         self.model.to(self.device).train()
@@ -163,7 +180,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.loss_fn = ClipLoss(rank=rank, world_size=world_size)
-        self.train_transform = image_transform(self.preprocess_cfg, train=True, crop_scale=cfg.train_crop_scale)
+        self.train_transform = image_transform(
+            self.preprocess_cfg, train=True, crop_scale=cfg.train_crop_scale
+        )
         self.tokenize = functools.partial(tokenize, context_length=self.model.context_length, truncate=True)
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
         self.state = RunState()
@@ -176,7 +195,9 @@ class Trainer:
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.num_batches
         if self.is_main:
             save_config(cfg, self.out_dir / "config.yaml")
-        self.metrics = MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
+        self.metrics = (
+            MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
+        )
         self.evaluator = None
         if cfg.eval_every and self.is_main:
             from .zeroshot_eval import SyntheticZeroShot
@@ -187,8 +208,15 @@ class Trainer:
 
     def _loader(self, epoch: int, start_batch: int):
         return build_train_loader(
-            self.cfg.data, transform=self.train_transform, tokenize=self.tokenize, batch_size=self.cfg.batch_size,
-            seed=self.cfg.seed, epoch=epoch, rank=self.rank, world_size=self.world_size, start_batch=start_batch,
+            self.cfg.data,
+            transform=self.train_transform,
+            tokenize=self.tokenize,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            start_batch=start_batch,
             image_size=self.preprocess_cfg.image_size,
         )
 
@@ -219,8 +247,13 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.state = RunState(**ckpt["run"])
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step,
-                    self.state.epoch, self.state.next_batch)
+        logger.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            path,
+            self.state.step,
+            self.state.epoch,
+            self.state.next_batch,
+        )
         return self.state.step
 
     # steps ----------------------------------------------------------------------------------------
@@ -237,8 +270,9 @@ class Trainer:
         lr = cosine_lr(st.step, cfg.lr, cfg.warmup_steps, self.total_steps, cfg.min_lr)
         set_lr(self.optimizer, lr)
         batch = batch.to(self.device, non_blocking=True)
-        result = compute_gradients(self.model, self.loss_fn, batch.images, batch.texts, cfg.accum_steps,
-                                   cfg.precision, self.scaler)
+        result = compute_gradients(
+            self.model, self.loss_fn, batch.images, batch.texts, cfg.accum_steps, cfg.precision, self.scaler
+        )
         grad_norm = None
         if result.finite and cfg.grad_clip is not None:
             if self.scaler is not None:
@@ -250,8 +284,12 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             st.nonfinite_total += 1
             st.nonfinite_streak += 1
-            logger.warning("step %d: non-finite loss/gradient (%s); step skipped (%d in a row)",
-                           st.step, result.loss, st.nonfinite_streak)
+            logger.warning(
+                "step %d: non-finite loss/gradient (%s); step skipped (%d in a row)",
+                st.step,
+                result.loss,
+                st.nonfinite_streak,
+            )
             if st.nonfinite_streak >= cfg.max_nonfinite:
                 raise TrainingDiverged(
                     f"{st.nonfinite_streak} consecutive non-finite steps at step {st.step}; stopping. The last good "
@@ -278,14 +316,26 @@ class Trainer:
         results = self.evaluator(self.model, self.device)
         self.last_eval = results
         mean = sum(results.values()) / len(results)
-        self.metrics.log({"kind": "eval", "step": self.state.step, "mean": mean,
-                          **{f"zeroshot/{k}": v for k, v in results.items()}})
+        self.metrics.log(
+            {
+                "kind": "eval",
+                "step": self.state.step,
+                "mean": mean,
+                **{f"zeroshot/{k}": v for k, v in results.items()},
+            }
+        )
         return results
 
     def run(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=st.step,
+            desc="train",
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         t0, samples0, interrupted = time.perf_counter(), st.samples_seen, False
         window: list[float] = []
         with StopFlag() as stop:
@@ -304,10 +354,19 @@ class Trainer:
                     if record is not None:
                         window = (window + [record["loss"]])[-50:]
                         rate = (st.samples_seen - samples0) / max(1e-9, time.perf_counter() - t0)
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", samples_s=f"{rate:.0f}")
+                        bar.set_postfix(
+                            loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", samples_s=f"{rate:.0f}"
+                        )
                         if self.is_main and (st.step % cfg.log_every == 0 or st.step == self.total_steps):
-                            self.metrics.log({"kind": "train", "step": st.step, "epoch": st.epoch,
-                                              "samples_per_s": rate, **record})
+                            self.metrics.log(
+                                {
+                                    "kind": "train",
+                                    "step": st.step,
+                                    "epoch": st.epoch,
+                                    "samples_per_s": rate,
+                                    **record,
+                                }
+                            )
                     self._periodic(final=st.step >= self.total_steps)
                     if stop.requested:
                         interrupted = True
@@ -339,8 +398,12 @@ class Trainer:
     def _export_final(self) -> None:
         from ..checkpoints import save_checkpoint
 
-        save_checkpoint(self.model, self.out_dir / "final", preprocess=self.preprocess_cfg,
-                        extra={"step": self.state.step, "train_config": self.cfg.to_dict()})
+        save_checkpoint(
+            self.model,
+            self.out_dir / "final",
+            preprocess=self.preprocess_cfg,
+            extra={"step": self.state.step, "train_config": self.cfg.to_dict()},
+        )
 
     def _summary(self, elapsed: float, window: list[float], interrupted: bool) -> dict[str, Any]:
         st = self.state

@@ -38,7 +38,9 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _features(model: nn.Module, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(
+    model: nn.Module, images: torch.Tensor, texts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True)
 
 
@@ -70,7 +72,9 @@ def compute_gradients(
     image_chunks, text_chunks = images.chunk(accum_steps), texts.chunk(accum_steps)
     with torch.no_grad(), autocast_context(device, precision):
         cached = [_features(model, i, t) for i, t in zip(image_chunks, text_chunks, strict=True)]
-        full_loss = loss_fn(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]), model.logit_scale)
+        full_loss = loss_fn(
+            torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]), model.logit_scale
+        )
     if not torch.isfinite(full_loss):
         return StepResult(float(full_loss), False)
     for j, (i, t) in enumerate(zip(image_chunks, text_chunks, strict=True)):

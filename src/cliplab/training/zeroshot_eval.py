@@ -8,7 +8,7 @@ the image folder gives the accuracy logged here.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -29,7 +29,9 @@ class SyntheticZeroShot:
         return {task.name: 1.0 / len(task.classnames) for task, _, _ in self.tasks}
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+    def __call__(
+        self, model: torch.nn.Module, device: torch.device, batch_size: int = 256
+    ) -> dict[str, float]:
         was_training = model.training
         model.eval()
         results = {}
@@ -40,7 +42,10 @@ class SyntheticZeroShot:
                     model, tok, task.classnames, task.templates, device=device, progress=False
                 )
                 feats = torch.cat(
-                    [model.encode_image(images[i : i + batch_size].to(device), normalize=True) for i in range(0, len(images), batch_size)]
+                    [
+                        model.encode_image(images[i : i + batch_size].to(device), normalize=True)
+                        for i in range(0, len(images), batch_size)
+                    ]
                 )
                 pred = (feats.float() @ classifier).argmax(dim=1).cpu()
                 results[task.name] = float((pred == labels).float().mean())
