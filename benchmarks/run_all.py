@@ -20,7 +20,7 @@ RESULTS = HERE / "results"
 # name -> extra arguments (kept modest; every script's --help lists more)
 BENCHMARKS: dict[str, list[str]] = {
     "bench_tokenizer": ["--n", "20000", "--json", "{json}"],
-    "bench_model": ["--classes", "20", "--json", "{json}"],
+    "bench_model": ["--classes", "5", "--repeats", "2", "--json", "{json}"],
     "bench_train": ["--steps", "10", "--json", "{json}"],
     "bench_eval": [],
     "bench_data": [],
