@@ -40,6 +40,8 @@ def best_time(fn, repeats: int) -> float:
 def reference_copy(model):
     ref_mod = load_reference("model")
     ref = ref_mod.build_model({k: v.clone() for k, v in model.state_dict().items()}).float().eval()
+    # build_model rounds weights through fp16; copy the exact float32 weights back in
+    ref.load_state_dict(model.state_dict())
     return ref
 
 

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.data import ManifestError
+    from cliplab.data import ManifestError  # a ValueError; named for the reader
     from cliplab.training import TrainingDiverged, load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         summary = train(
             cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (FileExistsError, FileNotFoundError, TrainingDiverged, ManifestError) as e:
+    except (FileExistsError, FileNotFoundError, TrainingDiverged, ManifestError, ValueError) as e:
+        # set-up problems (bad data path, fp16 without CUDA, ...) and divergence: one line, no traceback
         print(f"cliplab train: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
