@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import random
 import sys
-from pathlib import Path
 
 import ftfy
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import load_reference
 
 from cliplab import tokenizer as tk
 
@@ -22,14 +21,7 @@ CONTEXT = tk.DEFAULT_CONTEXT_LENGTH
 @pytest.fixture(scope="module")
 def reference_module():
     """OpenAI's simple_tokenizer.py, loaded by path (importing the clip package needs torchvision)."""
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("clip-anytorch (OpenAI's reference tokenizer) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "simple_tokenizer.py"
-    module_spec = importlib.util.spec_from_file_location("_openai_simple_tokenizer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return load_reference("simple_tokenizer")
 
 
 @pytest.fixture(scope="module")

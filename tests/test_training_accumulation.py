@@ -16,14 +16,7 @@ from cliplab.training.step import compute_gradients
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro-sized ops run faster on one intra-op thread, and a busy machine's spinning OpenMP
-    threads can make two threads many times slower; restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,7 @@ import cliplab
 from cliplab.training.loss import MAX_LOGIT_SCALE, ClipLoss, clamp_logit_scale_
 from cliplab.training.optim import build_optimizer, cosine_lr, param_groups, set_lr
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro-sized ops run faster on one intra-op thread, and a busy machine's spinning OpenMP
-    threads can make two threads many times slower; restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,14 +34,7 @@ from cliplab.training.reporting import read_metrics
 FAST = ["--model=micro", "--data.workers=0", "--warmup_steps=1", "--log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro-sized ops run faster on one intra-op thread, and a busy machine's spinning OpenMP
-    threads can make two threads many times slower; restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
