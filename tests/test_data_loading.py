@@ -371,3 +371,10 @@ def test_webdataset_resampled_and_approximate_resume(written):
     assert_same_batches(full[2:], resumed)
     with pytest.raises(ValueError, match="cannot be split"):
         load(DataConfig(source="webdataset", path=shards[:1], num_samples=64, workers=0), world_size=2)
+
+
+def test_synthetic_cache_gives_the_same_batches_as_rendering_on_the_fly():
+    kw = dict(source="synthetic", synthetic_size=96, synthetic_seed=3, workers=0)
+    cached = load(DataConfig(**kw, synthetic_cache=True), image_size=32)
+    fresh = load(DataConfig(**kw), image_size=32)
+    assert_same_batches(cached, fresh)
