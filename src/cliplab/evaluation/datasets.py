@@ -111,7 +111,8 @@ class ClassificationDataset(torch.utils.data.Dataset):
             )
 
 
-def _file_keys(paths: Sequence[str]) -> list[str]:
+def file_keys(paths: Sequence[str]) -> list[str]:
+    """Fingerprint parts for files: path, size and modification time (``missing`` if absent)."""
     keys = []
     for p in paths:
         try:
@@ -132,7 +133,7 @@ class _FileDataset(ClassificationDataset):
         return self.paths[index]
 
     def _sample_keys(self) -> list[str]:
-        return _file_keys(self.paths)
+        return file_keys(self.paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +465,7 @@ class WebDatasetShards(ClassificationDataset):
         return f"{self.shards[s]}:{key}"
 
     def _sample_keys(self) -> list[str]:
-        shard_keys = _file_keys(self.shards)
+        shard_keys = file_keys(self.shards)
         return [f"{shard_keys[s]}:{key}" for s, _, _, key in self.members]
 
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..transforms import load_image
-from .datasets import ClassificationDataset, Transform
+from .datasets import ClassificationDataset, Transform, file_keys
 
 TIES = ("pessimistic", "optimistic")
 
@@ -409,14 +409,7 @@ class CaptionImages(ClassificationDataset):
         return self.paths[index]
 
     def _sample_keys(self) -> list[str]:
-        keys = []
-        for p in self.paths:
-            try:
-                st = os.stat(p)
-                keys.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
-            except OSError:
-                keys.append(f"{p}:missing")
-        return keys
+        return file_keys(self.paths)
 
 
 def encode_texts(
