@@ -219,6 +219,12 @@ def test_webdataset_shards(tmp_path):
     assert y == 1 and x.shape == (3, 8, 8)
     assert d.get(2)[0].shape == (3, 8, 8)
     assert d.source(1).endswith("shard-000000.tar:0001")
+    # the feature-cache fingerprint covers the shard file and changes when the shard does
+    before = d.fingerprint()
+    assert before == ds.load_classification_dataset(tmp_path, image_transform(8)).fingerprint()
+    with open(shard, "ab") as f:
+        f.write(b"\0" * 1024)
+    assert ds.load_classification_dataset(tmp_path, image_transform(8)).fingerprint() != before
 
 
 def test_corrupt_image_skipped_and_counted(tmp_path):
