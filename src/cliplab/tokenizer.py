@@ -37,6 +37,8 @@ import numpy as np
 import regex
 import torch
 
+from .errors import CliplabError
+
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
 VOCAB_SIZE = 49408
@@ -62,7 +64,7 @@ _WHITESPACE_RUN = regex.compile(r"\s+")
 _PLAIN_ASCII = re.compile(r"[\t\n\x0c\x20-\x25\x27-\x7e]*")
 
 
-class TextTooLongError(RuntimeError, ValueError):
+class TextTooLongError(CliplabError, RuntimeError, ValueError):
     """A text needs more tokens than the context length and truncation was not asked for.
 
     It is a ``RuntimeError`` like OpenAI's and a ``ValueError`` because the input is at fault.

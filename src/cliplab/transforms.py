@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import CliplabError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -58,7 +60,7 @@ RESIZE_MODES = ("shortest", "longest", "squash")
 EXACT_RESIZE_MAX_PIXELS = 1 << 28
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(CliplabError, ValueError):
     """An image file could not be decoded; the message names the file and what to do."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CliplabError
 from ..models import CLIP, CLIPConfig, infer_config
 from ..transforms import PreprocessConfig
 
@@ -27,7 +28,7 @@ from ..transforms import PreprocessConfig
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CliplabError, ValueError):
     """A checkpoint could not be read or does not fit the model; the message names the file or key."""
 
 

@@ -2,6 +2,10 @@
 
 Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``; this file only
 dispatches. Modules are imported lazily so `cliplab --help` does not import torch.
+
+Errors: this is the one place that turns the project's own error types (:class:`cliplab.errors.CliplabError`
+and its subclasses) into a one-line message on stderr and exit status 2, like argparse does for a bad
+flag. A traceback is printed only with ``--debug``. Subcommands raise; they do not print errors.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (all of them when it is None)."""
     parser = argparse.ArgumentParser(prog="cliplab", description="CLIP models: train, evaluate, use.")
+    parser.add_argument("--debug", action="store_true", help="show a full traceback for any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if command is None or name == command:
             _load(module).add_arguments(p)
     return parser
@@ -56,6 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if getattr(args, "debug", False) or not is_user_error(exc):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"cliplab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """An error caused by the user's input, whose message says what to do (no traceback needed)."""
+    from cliplab.errors import CliplabError
+
+    return isinstance(exc, CliplabError)
 
 
 if __name__ == "__main__":

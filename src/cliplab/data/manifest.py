@@ -18,11 +18,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import CliplabError
+
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
-class ManifestError(ValueError):
+class ManifestError(CliplabError, ValueError):
     """A manifest file is malformed; the message names the file, the line and what to fix."""
 
 

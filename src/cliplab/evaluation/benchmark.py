@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import CliplabError
+
 TOP_KEYS = {"models": list, "tasks": list, "device": str, "batch_size": int, "workers": int, "cache": bool}
 MODEL_KEYS = {"name": str, "path": str}
 COMMON_TASK_KEYS = {"task": str, "dataset": str, "data": str, "batch_size": int, "workers": int}
@@ -52,7 +54,7 @@ REQUIRED_OPTIONS = {"linear_probe": ("train",)}
 PATH_KEYS = ("data", "train", "images", "classnames", "templates")
 
 
-class SuiteError(ValueError):
+class SuiteError(CliplabError, ValueError):
     """The suite file is malformed; the message names the file, the entry and the key."""
 
 

@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..errors import CliplabError
 from ..transforms import ImageLoadError, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-class DatasetError(ValueError):
+class DatasetError(CliplabError, ValueError):
     """A dataset cannot be used as given; the message names the file and what to change."""
 
 

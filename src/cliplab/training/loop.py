@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import build_train_loader
+from ..errors import CliplabError
 from ..models import CLIP, CLIPConfig, build_model, get_config
 from ..tokenizer import tokenize
 from ..transforms import PreprocessConfig, image_transform
@@ -39,7 +40,7 @@ from .step import compute_gradients
 logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CliplabError, RuntimeError):
     """Too many consecutive non-finite losses; the last good checkpoint is left as it was."""
 
 
