@@ -82,7 +82,7 @@ def test_eval_zeroshot_end_to_end(cli, checkpoint, image_folder, tmp_path, capsy
         == 0
     )
     assert json.loads(out.read_text())["n_templates"] == 18
-    assert cli([*args, "--templates", "no-such-set", "--no-progress"]) == 1
+    assert cli([*args, "--templates", "no-such-set", "--no-progress"]) == 2
     assert "neither an existing file nor a shipped prompt set" in capsys.readouterr().err
 
 

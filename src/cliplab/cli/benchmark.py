@@ -27,15 +27,18 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import sys
 
-    from cliplab.evaluation.benchmark import SuiteError, read_suite, run_suite
+    from cliplab.device import resolve_device
+    from cliplab.errors import UsageError
+    from cliplab.evaluation.benchmark import read_suite, run_suite
 
-    try:
-        suite = read_suite(args.suite)
-    except SuiteError as err:
-        print(f"cliplab benchmark: {err}", file=sys.stderr)
-        return 2
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(
+            f"--out {args.out} is a file; the benchmark writes a folder (results.md, results.json)"
+        )
+    suite = read_suite(args.suite)
     if args.device is not None:
         suite = dataclasses.replace(suite, device=args.device)
+    resolve_device(suite.device)  # a missing GPU is reported now, not once per task
     records = run_suite(suite, args.out, progress=not args.no_progress)
     failed = [r for r in records if "error" in r]
     for r in failed:

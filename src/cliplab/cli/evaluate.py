@@ -11,8 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,40 +77,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rt.add_argument(
         "--images", help="folder the image paths are relative to (default: the captions file's folder)"
     )
-    rt.add_argument("--image-column", default="image", help="CSV/JSONL column holding the image path")
-    rt.add_argument("--caption-column", default="caption", help="CSV/JSONL column holding the caption")
+    rt.add_argument(
+        "--image-column",
+        default=None,
+        help="CSV/JSONL column holding the image path (default filepath/path/image)",
+    )
+    rt.add_argument(
+        "--caption-column", default=None, help="CSV/JSONL column holding the caption (default caption/text)"
+    )
     rt.add_argument("--split", default="test", help="Karpathy-format split to evaluate (default: test)")
 
 
-def _device(name: str | None) -> str:
-    import torch
+def validate(args: argparse.Namespace) -> None:
+    """Every flag checked before a model is loaded or a feature extracted; a UsageError names it."""
+    from cliplab.errors import UsageError
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.protocol == "linear-probe" and not 0 < args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+    if args.protocol == "retrieval" and args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    for flag, out in (("--json", args.json_out), ("--confusion", getattr(args, "confusion", None))):
+        if out is not None and Path(out).is_dir():
+            raise UsageError(f"{flag} {out} is a directory; give a file name")
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise UsageError(f"--cache-dir {args.cache_dir} is a file; give a folder")
+    inputs = {"zeroshot": ("--data",), "linear-probe": ("--train", "--test"), "retrieval": ("--data",)}
+    for flag in inputs[args.protocol]:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not str(value).startswith("synthetic:") and not _exists(value):
+            raise UsageError(f"{flag} {value}: no such file, folder or shard pattern")
+
+
+def _exists(spec: str) -> bool:
+    """A path, or a shard pattern (``shards/{000..009}.tar``) whose folder exists."""
+    path = Path(spec)
+    return path.exists() or ("{" in spec and path.parent.is_dir())
 
 
 def run(args: argparse.Namespace) -> int:
-    import cliplab
+    import json
 
-    device = _device(args.device)
-    try:
-        model, preprocess = cliplab.load(args.model, device=device)
-        result = {"zeroshot": _zeroshot, "linear-probe": _linear_probe, "retrieval": _retrieval}[
-            args.protocol
-        ](args, model, preprocess, device)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"cliplab eval {args.protocol}: error: {exc}", file=sys.stderr)
-        return 1
-    result = {"model": str(args.model), **result}
+    import cliplab
+    from cliplab.device import resolve_device
+    from cliplab.fileio import atomic_write_text
+
+    validate(args)
+    device = str(resolve_device(args.device))
+    model, preprocess = cliplab.load(args.model, device=device)
+    protocol = {"zeroshot": _zeroshot, "linear-probe": _linear_probe, "retrieval": _retrieval}[args.protocol]
+    result = {"model": str(args.model), **protocol(args, model, preprocess, device)}
     print(format_table(result))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n")
         print(f"results written to {args.json_out}")
     return 0
 
 
 def _zeroshot(args, model, preprocess, device: str) -> dict[str, Any]:
-    from cliplab.evaluation.metrics import save_confusion_matrix_png
+    from cliplab.evaluation.metrics import CONFUSION_PNG_MAX_CLASSES, save_confusion_matrix_png
     from cliplab.evaluation.zeroshot import evaluate_zero_shot, resolve_prompts
     from cliplab.tokenizer import tokenize
 
@@ -124,6 +150,13 @@ def _zeroshot(args, model, preprocess, device: str) -> dict[str, Any]:
         path_column=args.path_column,
         label_column=args.label_column,
     )
+    if args.confusion and len(classnames) > CONFUSION_PNG_MAX_CLASSES:
+        from cliplab.errors import UsageError
+
+        raise UsageError(
+            f"--confusion: {len(classnames)} classes is over the {CONFUSION_PNG_MAX_CLASSES} a readable "
+            "image can show; leave --confusion out (the JSON still holds the matrix)"
+        )
     result = evaluate_zero_shot(
         model,
         tokenize,
@@ -141,17 +174,13 @@ def _zeroshot(args, model, preprocess, device: str) -> dict[str, Any]:
         import torch
 
         save_confusion_matrix_png(
-            torch.tensor(result["confusion_matrix"]) if "confusion_matrix" in result else _too_many(result),
+            torch.tensor(result["confusion_matrix"]),
             dataset.classnames,
             args.confusion,
             title=f"zero-shot: {Path(str(args.data)).name}",
         )
         result["confusion_png"] = str(args.confusion)
     return result
-
-
-def _too_many(result: dict) -> Any:
-    raise ValueError(f"--confusion: {result['n_classes']} classes is over the 50 a readable image can show")
 
 
 def _linear_probe(args, model, preprocess, device: str) -> dict[str, Any]:
@@ -168,6 +197,7 @@ def _linear_probe(args, model, preprocess, device: str) -> dict[str, Any]:
         cache_dir=args.cache_dir,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     return {"protocol": "linear-probe", "train": str(args.train), "test": str(args.test), **result}
 
@@ -190,6 +220,7 @@ def _retrieval(args, model, preprocess, device: str) -> dict[str, Any]:
         image_column=args.image_column,
         caption_column=args.caption_column,
         split=args.split,
+        progress=not args.no_progress,
     )
     return {"protocol": "retrieval", "data": str(args.data), **result}
 

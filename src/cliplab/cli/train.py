@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 ACCEPTS_OVERRIDES = True
@@ -23,37 +22,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cliplab.data import ManifestError  # a ValueError; named for the reader
-    from cliplab.training import TrainingDiverged, load_config, train
+    from cliplab.training import load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(_config_path(args), args.overrides)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"cliplab train: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = train(
-            cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-        )
-    except (FileExistsError, FileNotFoundError, TrainingDiverged, ManifestError, ValueError) as e:
-        # set-up problems (bad data path, fp16 without CUDA, ...) and divergence: one line, no traceback
-        print(f"cliplab train: {e}", file=sys.stderr)
-        return 1
+    cfg = load_config(_config_path(args), args.overrides)
+    summary = train(
+        cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print_summary(summary)
     return 130 if summary["interrupted"] else 0
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
     """--config, or when resuming without one, the run's own resolved config.yaml."""
-    from cliplab.training.checkpointing import resolve_resume
+    from cliplab.errors import UsageError
 
     if args.config or not args.resume:
         return args.config
-    run_dir = Path(args.out) if args.resume == "latest" else Path(args.resume)
-    if not run_dir.is_dir():
-        run_dir = resolve_resume(args.resume, Path(args.out)).parent.parent
-    return run_dir / "config.yaml"
+    target = Path(args.out) if args.resume == "latest" else Path(args.resume)
+    run_dir = target if target.is_dir() else target.parent.parent  # RUN/checkpoints/step_N.pt
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise UsageError(
+            f"--resume {args.resume}: no config.yaml in {run_dir}; pass the run's settings with --config"
+        )
+    return config
 
 
 def print_summary(summary: dict) -> None:

@@ -8,8 +8,8 @@ ImageNet templates by default; ``--templates none`` uses each label as written).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,35 +29,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", dest="json_out", default=None, metavar="OUT", help="also write the probabilities as JSON"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def parse_labels(text: str) -> list[str]:
     """Split ``"dog, cat,car"`` into names; empty and repeated names are an error."""
+    from cliplab.errors import UsageError
+
     labels = [s.strip() for s in text.split(",")]
     if not all(labels):
-        raise ValueError(f"--labels {text!r} has an empty name; separate names with single commas")
+        raise UsageError(f"--labels {text!r} has an empty name; separate names with single commas")
     repeated = sorted({s for s in labels if labels.count(s) > 1})
     if repeated:
-        raise ValueError(f"--labels repeats {repeated}; each label must appear once")
+        raise UsageError(f"--labels repeats {repeated}; each label must appear once")
     return labels
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     import torch
 
     import cliplab
+    from cliplab.device import resolve_device
+    from cliplab.errors import UsageError
+    from cliplab.fileio import atomic_write_text
     from cliplab.transforms import ImageLoadError, load_image
     from cliplab.zeroshot import build_zero_shot_classifier, load_templates, zero_shot_logits
 
-    try:
-        labels = parse_labels(args.labels)
-        templates = ["{}"] if args.templates.lower() == "none" else load_templates(args.templates)
-    except ValueError as exc:
-        print(f"cliplab zeroshot: error: {exc}", file=sys.stderr)
-        return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    labels = parse_labels(args.labels)
+    templates = ["{}"] if args.templates.lower() == "none" else load_templates(args.templates)
+    if args.top < 0:
+        raise UsageError(f"--top must be >= 0, got {args.top}")
+    if args.json_out is not None and Path(args.json_out).is_dir():
+        raise UsageError(f"--json {args.json_out} is a directory; give a file name")
+    device = resolve_device(args.device)
     model, preprocess = cliplab.load(args.model, device=device)
-    classifier = build_zero_shot_classifier(model, cliplab.tokenize, labels, templates, progress=False)
+    classifier = build_zero_shot_classifier(
+        model, cliplab.tokenize, labels, templates, progress=not args.no_progress
+    )
     scale = model.logit_scale.exp().item()
     results, failed = {}, 0
     for path in args.images:
@@ -75,6 +85,5 @@ def run(args: argparse.Namespace) -> int:
         for i in order[: args.top or len(labels)]:
             print(f"  {probs[i].item():7.2%}  {labels[i]}")
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
     return 1 if failed else 0

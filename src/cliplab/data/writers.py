@@ -34,12 +34,14 @@ def encode_image(image: Image.Image, image_format: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def _progress(samples: Iterable, desc: str) -> tqdm:
+def _progress(samples: Iterable, desc: str, enabled: bool = True) -> tqdm:
     total = len(samples) if hasattr(samples, "__len__") else None
-    return tqdm(samples, total=total, desc=desc, unit="img", dynamic_ncols=True)
+    return tqdm(samples, total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not enabled)
 
 
-def write_files(samples: Iterable, out_dir: str | Path, fmt: str = "csv", image_format: str = "png") -> Path:
+def write_files(
+    samples: Iterable, out_dir: str | Path, fmt: str = "csv", image_format: str = "png", progress: bool = True
+) -> Path:
     """Write `out_dir/images/000000.png ...` and `out_dir/manifest.{csv|tsv|jsonl}`; return the manifest.
 
     The manifest has columns "filepath" (relative to the manifest's folder) and "caption".
@@ -54,7 +56,7 @@ def write_files(samples: Iterable, out_dir: str | Path, fmt: str = "csv", image_
         row_writer = None if fmt == "jsonl" else csv.writer(f, delimiter="," if fmt == "csv" else "\t")
         if row_writer:
             row_writer.writerow(["filepath", "caption"])
-        for i, sample in enumerate(_progress(samples, f"writing {out}")):
+        for i, sample in enumerate(_progress(samples, f"writing {out}", progress)):
             rel = f"images/{i:06d}.{ext}"
             (out / rel).write_bytes(encode_image(sample.image, image_format))
             if row_writer:
@@ -73,7 +75,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_webdataset(
-    samples: Iterable, out_dir: str | Path, shard_size: int = 1000, image_format: str = "png"
+    samples: Iterable,
+    out_dir: str | Path,
+    shard_size: int = 1000,
+    image_format: str = "png",
+    progress: bool = True,
 ) -> list[Path]:
     """Write webdataset shards `out_dir/shard-000000.tar ...` and `out_dir/sizes.json`.
 
@@ -89,7 +95,7 @@ def write_webdataset(
     sizes: dict[str, int] = {}
     tar = None
     try:
-        for i, sample in enumerate(_progress(samples, f"writing {out}")):
+        for i, sample in enumerate(_progress(samples, f"writing {out}", progress)):
             if i % shard_size == 0:
                 if tar is not None:
                     tar.close()
@@ -113,7 +119,9 @@ def folder_name(classname: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", classname).strip("_.") or "class"
 
 
-def write_image_folder(task: Any, out_dir: str | Path, image_format: str = "png") -> Path:
+def write_image_folder(
+    task: Any, out_dir: str | Path, image_format: str = "png", progress: bool = True
+) -> Path:
     """Write a zero-shot task as `out_dir/<class folder>/<i>.png`; return `out_dir`.
 
     Also writes `classnames.txt` (real class names, one per line, in label order), `folders.txt`
@@ -130,7 +138,7 @@ def write_image_folder(task: Any, out_dir: str | Path, image_format: str = "png"
         (out / folder).mkdir(parents=True, exist_ok=True)
     ext = image_format.lower()
     pairs = list(zip(task.images, task.labels, strict=True))
-    for i, (image, label) in enumerate(_progress(pairs, f"writing {task.name}")):
+    for i, (image, label) in enumerate(_progress(pairs, f"writing {task.name}", progress)):
         (out / folders[label] / f"{i:05d}.{ext}").write_bytes(encode_image(image, image_format))
     (out / "classnames.txt").write_text("\n".join(task.classnames) + "\n", encoding="utf-8")
     (out / "folders.txt").write_text("\n".join(folders) + "\n", encoding="utf-8")

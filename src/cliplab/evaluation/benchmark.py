@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CliplabError
+from ..fileio import atomic_write_text
 
 TOP_KEYS = {"models": list, "tasks": list, "device": str, "batch_size": int, "workers": int, "cache": bool}
 MODEL_KEYS = {"name": str, "path": str}
@@ -304,6 +305,10 @@ def run_suite(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SuiteError(
+            f"--out {out} is a file; the benchmark writes a folder (results.md, results.json, cache/)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     load_model = load_model or _default_loader
     records: list[dict[str, Any]] = []
@@ -363,14 +368,8 @@ def write_results(records: list[dict[str, Any]], suite: Suite, out_dir: Path) ->
         "models": [{"name": m.name, "path": m.path} for m in suite.models],
         "results": records,
     }
-    _atomic_write(out_dir / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
-    _atomic_write(out_dir / "results.md", results_markdown(records))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "results.md", results_markdown(records))
 
 
 def _scalar_keys(records: list[dict[str, Any]]) -> list[str]:

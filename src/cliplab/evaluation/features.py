@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from ..fileio import atomic_write
 
 CACHE_FORMAT = "cliplab-features-v1"
 
@@ -160,21 +161,9 @@ def save_features(path: str | os.PathLike, result: ImageFeatures, key: str) -> N
     """Write ``result`` to ``path`` (safetensors) atomically, tagged with ``key``."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": CACHE_FORMAT, "key": key, "skipped": json.dumps([list(s) for s in result.skipped])}
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(
-            {"features": result.features.contiguous(), "labels": result.labels.contiguous()},
-            tmp,
-            metadata=meta,
-        )
-        os.replace(tmp, path)  # readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {"features": result.features.contiguous(), "labels": result.labels.contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_features(path: str | os.PathLike, key: str | None = None) -> ImageFeatures | None:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 # log10(C) of the coarse grid and the finest step of the refinement (8 steps per decade).
 COARSE_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 FINEST_STEP = 1.0 / 8.0
@@ -32,7 +34,7 @@ def split_train_val(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
     Deterministic given ``seed``. Each class keeps at least one training example when stratifying.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = len(labels)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
@@ -118,7 +120,7 @@ def c_search(
 
     if c_grid is not None:
         if not len(c_grid) or min(c_grid) <= 0:
-            raise ValueError(f"c_grid must hold positive values, got {list(c_grid)}")
+            raise UsageError(f"c_grid must hold positive values, got {list(c_grid)}")
         evaluate([math.log10(c) for c in c_grid])
     else:
         evaluate(COARSE_LOG10_C)
@@ -169,12 +171,12 @@ def linear_probe(
     x_train, y_train = _as_numpy(train_features, np.float32), _as_numpy(train_labels, np.int64)
     x_test, y_test = _as_numpy(test_features, np.float32), _as_numpy(test_labels, np.int64)
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise ValueError(
+        raise UsageError(
             f"features and labels differ in length: train {len(x_train)} vs {len(y_train)}, "
             f"test {len(x_test)} vs {len(y_test)}"
         )
     if len(np.unique(y_train)) < 2:
-        raise ValueError("the training split has fewer than two classes; a linear probe needs at least two")
+        raise UsageError("the training split has fewer than two classes; a linear probe needs at least two")
     fit_idx, val_idx = split_train_val(y_train, val_fraction, seed)
 
     def score(points: Sequence[float]) -> list[float]:
@@ -235,7 +237,7 @@ def run_linear_probe(
     train, test = _open(train_data, preprocess, "train_data"), _open(test_data, preprocess, "test_data")
     train_names, test_names = getattr(train, "classnames", None), getattr(test, "classnames", None)
     if train_names is not None and test_names is not None and list(train_names) != list(test_names):
-        raise ValueError(
+        raise UsageError(
             f"the train and test splits name their classes differently ({len(train_names)} vs {len(test_names)} "
             "classes, or another order); labels would not match: give both splits the same class-name file"
         )

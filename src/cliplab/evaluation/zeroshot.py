@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..zeroshot.classifier import build_zero_shot_classifier, zero_shot_logits
 from ..zeroshot.prompts import Template
 from .features import extract_image_features
@@ -43,11 +44,11 @@ def evaluate_zero_shot(
     if classnames is None:
         classnames = getattr(dataset, "classnames", None)
         if classnames is None:
-            raise ValueError("no class names: pass classnames, or a dataset with a classnames attribute")
+            raise UsageError("no class names: pass classnames, or a dataset with a classnames attribute")
     names = list(classnames)
     n_data_classes = len(getattr(dataset, "classnames", names))
     if len(names) != n_data_classes:
-        raise ValueError(f"{len(names)} class names given but the dataset has {n_data_classes} classes")
+        raise UsageError(f"{len(names)} class names given but the dataset has {n_data_classes} classes")
     features, labels, skipped = extract_image_features(
         model,
         dataset,

@@ -14,6 +14,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from ..errors import CliplabError
+
 VISION_KINDS = ("vit", "resnet")
 
 
@@ -132,11 +134,21 @@ def list_configs() -> list[str]:
     return sorted(_named_configs())
 
 
+class UnknownConfigError(CliplabError, KeyError):
+    """No named architecture has this name."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 def get_config(name: str) -> CLIPConfig:
     """The named architecture, e.g. ``"ViT-B/32"``, ``"RN50"`` or ``"tiny"``."""
     configs = _named_configs()
     if name not in configs:
-        raise KeyError(f"unknown model config {name!r}; available: {', '.join(sorted(configs))}")
+        raise UnknownConfigError(
+            f"unknown model config {name!r}; available: {', '.join(sorted(configs))} "
+            "(or a JSON config file)"
+        )
     return configs[name]
 
 

@@ -9,33 +9,27 @@ no scheduler state to save.
 
 from __future__ import annotations
 
-import os
+import logging
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import UsageError
+from ..fileio import atomic_torch_save, atomic_write, remove_orphans
+
+logger = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^step_(\d+)\.pt$")
+# Keys every training checkpoint holds; a model file (final/, cliplab.save) has none of the others.
+TRAINING_KEYS = ("state_dict", "optimizer", "rng", "run", "config")
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same directory, flush to disk, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class CheckpointReadError(UsageError):
+    """A training checkpoint cannot be read or is not a training checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,11 +70,38 @@ class CheckpointManager:
         path = self.directory / f"step_{step:07d}.pt"
         atomic_torch_save(state, path)
         if is_best:
-            tmp = self.directory / ".best.pt.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, self.directory / "best.pt")
+            atomic_write(self.directory / "best.pt", lambda tmp: shutil.copyfile(path, tmp))
         self._prune()
         return path
+
+    def remove_orphans(self) -> None:
+        """Delete temporaries of writes a killed process left behind (only this run writes here)."""
+        for item in remove_orphans(self.directory):
+            logger.warning("removed %s, left by an interrupted checkpoint write", item)
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that reads back whole; a damaged newer one is skipped with a warning."""
+        damaged: list[Path] = []
+        for path in reversed(self.list()):
+            try:
+                ckpt = load_training_checkpoint(path)
+            except CheckpointReadError as exc:
+                damaged.append(path)
+                logger.warning("%s", exc)
+                continue
+            if damaged:
+                logger.warning(
+                    "resuming from %s instead of the newer %s, which cannot be read",
+                    path.name,
+                    ", ".join(p.name for p in damaged),
+                )
+            return path, ckpt
+        if damaged:
+            raise CheckpointReadError(
+                f"no readable checkpoint in {self.directory}: {', '.join(p.name for p in damaged)} are all "
+                "damaged; start again with --overwrite or resume from a copy"
+            )
+        return None
 
     def _prune(self) -> None:
         for old in self.list()[: -self.keep_last]:
@@ -98,21 +119,37 @@ class CheckpointManager:
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint (weights only, nothing executed), checked to be one."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
-        raise ValueError(
-            f"cannot read training checkpoint {path}: {e}. If the run was killed while writing, "
-            "an older checkpoint in the same directory is intact: pass it with --resume."
-        ) from e
+        raise CheckpointReadError(
+            f"cannot read training checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "if the run was killed while writing, an older checkpoint beside it is intact: pass it to --resume"
+        ) from None
+    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointReadError(
+            f"{path} is not a training checkpoint (it lacks {', '.join(missing)}); --resume takes a run "
+            "directory or a checkpoints/step_*.pt file. To start a new run from a model's weights, use "
+            f"--pretrained={path}"
+        )
+    return ckpt
 
 
-def resolve_resume(resume: str, out_dir: Path) -> Path:
-    """``--resume`` accepts ``latest`` (this run's newest checkpoint), a run directory or a .pt file."""
+def resolve_resume(resume: str, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """``--resume`` accepts ``latest`` (this run's newest checkpoint), a run directory or a .pt file.
+
+    Returns the checkpoint's path and contents. For a directory, the newest checkpoint that reads
+    back whole is used: one truncated by a crash falls back to the previous with a warning.
+    """
     target = out_dir if resume == "latest" else Path(resume)
     if target.is_file():
-        return target
-    latest = CheckpointManager(target / "checkpoints").latest() if target.is_dir() else None
-    if latest is None:
-        raise FileNotFoundError(f"--resume {resume}: no checkpoints/step_*.pt found under {target}")
-    return latest
+        return target, load_training_checkpoint(target)
+    found = CheckpointManager(target / "checkpoints").load_latest() if target.is_dir() else None
+    if found is None:
+        raise CheckpointReadError(
+            f"--resume {resume}: no checkpoints/step_*.pt found under {target}; "
+            "pass a run directory or a checkpoint file"
+        )
+    return found

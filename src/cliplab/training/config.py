@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 from ..data import DataConfig
+from ..errors import CliplabError, UsageError
+from ..fileio import atomic_write_text, read_text
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -55,15 +58,34 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, dict):
-            self.data = DataConfig(**_known(self.data, DataConfig, "data"))
+        self.data = _data_config(self.data)
         _check_types(self)
         problems = []
         if self.steps is None and self.epochs is None:
             problems.append("set either steps or epochs")
-        for name in ("batch_size", "accum_steps", "log_every", "keep_last", "max_nonfinite"):
+        for name in (
+            "batch_size",
+            "accum_steps",
+            "log_every",
+            "keep_last",
+            "max_nonfinite",
+            "eval_per_class",
+        ):
             if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1")
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "epochs", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (or null), got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "eps", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value}")
+        if not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must both be in [0, 1), got {list(self.betas)}")
+        if self.eps <= 0 or self.min_lr < 0 or self.weight_decay < 0:
+            problems.append("eps must be > 0, min_lr and weight_decay >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            problems.append(f"grad_clip must be > 0 (or null), got {self.grad_clip}")
         if self.batch_size % self.accum_steps:
             problems.append(
                 f"batch_size={self.batch_size} must be divisible by accum_steps={self.accum_steps}"
@@ -72,14 +94,33 @@ class TrainConfig:
             problems.append(f"precision must be one of {PRECISIONS}")
         if not 0 < self.train_crop_scale[0] <= self.train_crop_scale[1] <= 1:
             problems.append("train_crop_scale must be (low, high) with 0 < low <= high <= 1")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
-            problems.append("lr must be > 0 and warmup_steps/eval_every/checkpoint_every >= 0")
+        if not self.lr > 0 or self.min_lr > self.lr:
+            problems.append(f"lr must be > 0 and >= min_lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup_steps < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
+            problems.append("warmup_steps, eval_every and checkpoint_every must be >= 0")
         if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+            raise UsageError("invalid training config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return json.loads(json.dumps(d))  # tuples -> lists, plain types only
+
+
+def _data_config(value: Any) -> DataConfig:
+    """The ``data`` section as a DataConfig; its own validation errors name the ``data.`` key."""
+    if isinstance(value, DataConfig):
+        return value
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"config key 'data' must be a section of data settings (e.g. data: {{source: manifest, path: "
+            f"train.csv}}), got {value!r}"
+        )
+    try:
+        return DataConfig(**_coerce(DataConfig, _known(value, DataConfig, "data")))
+    except CliplabError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"config section 'data': {exc}") from None
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -135,8 +176,8 @@ def _describe(t: Any) -> str:
     return _TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
 
 
-def _type_error(key: str, value: Any, t: Any) -> ValueError:
-    return ValueError(f"config key {key!r}: expected {_describe(t)}, got {value!r} ({type(value).__name__})")
+def _type_error(key: str, value: Any, t: Any) -> UsageError:
+    return UsageError(f"config key {key!r}: expected {_describe(t)}, got {value!r} ({type(value).__name__})")
 
 
 def _known(d: dict, cls: type, section: str) -> dict:
@@ -144,7 +185,7 @@ def _known(d: dict, cls: type, section: str) -> dict:
     unknown = sorted(set(d) - names)
     if unknown:
         where = f"{section}." if section else ""
-        raise ValueError(
+        raise UsageError(
             f"unknown config key(s) {[where + k for k in unknown]}; valid keys: {sorted(where + n for n in names)}"
         )
     return d
@@ -156,7 +197,7 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a section")
+            raise UsageError(f"override {key!r}: {p!r} is not a section")
     node[parts[-1]] = value
 
 
@@ -166,7 +207,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
-            raise ValueError(f"override {item!r} must look like --key=value")
+            raise UsageError(f"override {item!r} must look like --key=value")
         key, raw = text.split("=", 1)
         _set_dotted(out, key.replace("-", "_"), yaml.safe_load(raw) if raw != "" else None)
     return out
@@ -189,7 +230,7 @@ def _coerce(cls: type, d: dict) -> dict:
             try:
                 v = float(v)
             except ValueError as e:
-                raise ValueError(f"config key {k!r}: expected a number, got {v!r}") from e
+                raise UsageError(f"config key {k!r}: expected a number, got {v!r}") from e
         out[k] = v
     return out
 
@@ -207,21 +248,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        text = read_text(path, "config file")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as e:
-            raise ValueError(f"config file {path} does not exist") from e
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML/JSON: {e}") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UsageError(f"{where}: the config file is not valid YAML/JSON ({problem})") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must hold a mapping of settings, got {type(raw).__name__}")
+            raise UsageError(f"config file {path} must hold a mapping of settings, got {type(raw).__name__}")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     raw = _merge(raw, extra)
-    _known(raw, TrainConfig, "")
-    if isinstance(raw.get("data"), dict):
-        raw["data"] = DataConfig(**_coerce(DataConfig, _known(raw["data"], DataConfig, "data")))
-    return TrainConfig(**_coerce(TrainConfig, raw))
+    try:
+        _known(raw, TrainConfig, "")
+        if "data" in raw:
+            raw["data"] = _data_config(raw["data"])
+        return TrainConfig(**_coerce(TrainConfig, raw))
+    except UsageError as exc:
+        if path is None:
+            raise
+        raise UsageError(f"{exc} (config file {path}, with the command line's overrides)") from None
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -7,7 +7,6 @@ arguments (the distributed launcher passes them), never read from the environmen
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import signal
@@ -20,17 +19,13 @@ import torch
 from tqdm import tqdm
 
 from ..data import build_train_loader
-from ..errors import CliplabError
+from ..device import resolve_device
+from ..errors import CliplabError, OutputExistsError, UsageError
+from ..fileio import atomic_write_json, read_text, remove_orphans
 from ..models import CLIP, CLIPConfig, build_model, get_config
 from ..tokenizer import tokenize
 from ..transforms import PreprocessConfig, image_transform
-from .checkpointing import (
-    CheckpointManager,
-    load_training_checkpoint,
-    resolve_resume,
-    rng_state,
-    set_rng_state,
-)
+from .checkpointing import CheckpointManager, resolve_resume, rng_state, set_rng_state
 from .config import TrainConfig, save_config
 from .loss import ClipLoss, clamp_logit_scale_
 from .optim import build_optimizer, cosine_lr, set_lr
@@ -42,6 +37,33 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(CliplabError, RuntimeError):
     """Too many consecutive non-finite losses; the last good checkpoint is left as it was."""
+
+
+class EmptyEpochError(CliplabError, RuntimeError):
+    """An epoch yielded no batch at all (every sample or shard unreadable); training cannot progress."""
+
+
+# What a run writes into its directory; --overwrite removes these and nothing else.
+RUN_OUTPUTS = (
+    "checkpoints",
+    "tensorboard",
+    "final",
+    "metrics.jsonl",
+    "summary.json",
+    "report.png",
+    "config.yaml",
+)
+# Settings that give a saved data position (epoch, batch) its meaning; a resume must not change them.
+POSITION_SETTINGS = (
+    "batch_size",
+    "seed",
+    "data.source",
+    "data.path",
+    "data.synthetic_size",
+    "data.synthetic_seed",
+    "data.num_samples",
+    "data.resampled",
+)
 
 
 @dataclass
@@ -64,15 +86,6 @@ class RunState:
 # --- set-up --------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
-    return device
-
-
 def build_training_model(cfg: TrainConfig) -> tuple[CLIP, PreprocessConfig]:
     """A fresh model of ``cfg.model`` (name or JSON file), or the checkpoint ``cfg.pretrained``."""
     if cfg.pretrained:
@@ -81,7 +94,17 @@ def build_training_model(cfg: TrainConfig) -> tuple[CLIP, PreprocessConfig]:
         model, preprocess = load_checkpoint(cfg.pretrained)
         return model.float().train(), preprocess
     if cfg.model.endswith(".json"):
-        config = CLIPConfig.from_dict(json.loads(Path(cfg.model).read_text()), source=cfg.model)
+        import json
+
+        text = read_text(cfg.model, "model config")
+        try:
+            config = CLIPConfig.from_dict(json.loads(text), source=cfg.model)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{cfg.model}:{exc.lineno}: invalid JSON in the model config ({exc.msg})"
+            ) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"model config {cfg.model}: {exc}") from None
     else:
         config = get_config(cfg.model)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
@@ -103,21 +126,42 @@ def lock_image_tower(model: CLIP) -> None:
     model.train = train  # type: ignore[method-assign]
 
 
+def check_run_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds anything unless resuming it or ``overwrite``; touches nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"--out {out_dir} is a file; choose a directory for the run")
+    if resuming or overwrite or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if any((out_dir / name).exists() for name in RUN_OUTPUTS):
+        raise OutputExistsError(
+            f"{out_dir} already holds a run; pass --resume latest to continue it, "
+            "--overwrite to start again, or choose another --out"
+        )
+    raise OutputExistsError(
+        f"{out_dir} is not empty and holds no cliplab run; choose another --out "
+        "(or pass --overwrite to write the run's files beside what is there)"
+    )
+
+
 def prepare_run_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
-    existing = out_dir / "checkpoints"
-    if existing.is_dir() and any(existing.iterdir()) and not resuming:
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir} already holds a run; pass --resume latest to continue it, "
-                "--overwrite to start again, or choose another --out"
-            )
+    """Make the run directory; with ``overwrite`` remove a previous run's outputs (and only those).
+
+    Called only once the settings, model, data and any resume checkpoint have been validated, so a
+    typo never costs the previous run.
+    """
+    check_run_dir(out_dir, resuming, overwrite)
+    if overwrite and not resuming:
         import shutil
 
-        for name in ("checkpoints", "tensorboard", "final"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "summary.json", "report.png"):
-            (out_dir / name).unlink(missing_ok=True)
+        for name in RUN_OUTPUTS:
+            target = out_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for item in remove_orphans(out_dir):
+        logger.warning("removed %s, left by an interrupted write", item)
 
 
 class StopFlag:
@@ -164,12 +208,14 @@ class Trainer:
         self.cfg, self.out_dir, self.rank, self.world_size = cfg, Path(out_dir), rank, world_size
         self.is_main = rank == 0
         self.progress = progress and self.is_main
-        prepare_run_dir(self.out_dir, resume is not None, overwrite)
+        # Everything is validated (settings, device, model, data, resume checkpoint) before the run
+        # directory is touched: nothing of a previous run is removed for a run that cannot start.
+        check_run_dir(self.out_dir, resume is not None, overwrite)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError(
+            raise UsageError(
                 "precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU"
             )
 
@@ -187,14 +233,20 @@ class Trainer:
         self.tokenize = functools.partial(tokenize, context_length=self.model.context_length, truncate=True)
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
         self.state = RunState()
+        self.num_batches = self._loader(0, 0).num_batches
+        if self.num_batches < 1:
+            raise EmptyEpochError(
+                f"the training data gives no full batch of {cfg.batch_size}; lower batch_size"
+            )
         resume_step = None
         if resume is not None:
-            resume_step = self._restore(resolve_resume(resume, self.out_dir))
+            resume_step = self._restore(*resolve_resume(resume, self.out_dir))
         else:
             torch.manual_seed(cfg.seed + rank)
-        self.num_batches = self._loader(0, 0).num_batches
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.num_batches
         if self.is_main:
+            prepare_run_dir(self.out_dir, resume is not None, overwrite)
+            self.checkpoints.remove_orphans()
             save_config(cfg, self.out_dir / "config.yaml")
         self.metrics = (
             MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
@@ -232,6 +284,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
             "run": self.state.to_dict(),
+            "world_size": self.world_size,
             "config": self.cfg.to_dict(),
         }
 
@@ -240,14 +293,22 @@ class Trainer:
             return None
         return self.checkpoints.save(self._checkpoint_state(), self.state.step, is_best=is_best)
 
-    def _restore(self, path: Path) -> int:
-        ckpt = load_training_checkpoint(path)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+    def _restore(self, path: Path, ckpt: dict[str, Any]) -> int:
+        self._check_resumable(path, ckpt)
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UsageError(
+                f"--resume {path}: the checkpoint does not fit this run's model or optimiser "
+                f"({str(exc).splitlines()[0][:200]}); resume with the run's own config.yaml"
+            ) from None
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.state = RunState(**ckpt["run"])
+        if self.state.next_batch >= self.num_batches:  # saved at the very end of an epoch
+            self.state.epoch, self.state.next_batch = self.state.epoch + 1, 0
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             path,
@@ -256,6 +317,25 @@ class Trainer:
             self.state.next_batch,
         )
         return self.state.step
+
+    def _check_resumable(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The settings that give the saved data position its meaning must be the checkpoint's."""
+        saved = ckpt.get("config") or {}
+        now = self.cfg.to_dict()
+        differ = []
+        for key in POSITION_SETTINGS:
+            a, b = _dotted(saved, key), _dotted(now, key)
+            if a != b:
+                differ.append(f"{key} {a!r} -> {b!r}")
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.world_size:
+            differ.append(f"world_size {saved_world} -> {self.world_size}")
+        if differ:
+            raise UsageError(
+                f"--resume {path}: these settings differ from the checkpoint's and would change which samples "
+                f"come next: {'; '.join(differ)}. Resume with the same settings, or start a new run "
+                f"with --pretrained={path} (fine-tuning from its weights)"
+            )
 
     # steps ----------------------------------------------------------------------------------------
 
@@ -341,8 +421,13 @@ class Trainer:
         window: list[float] = []
         with StopFlag() as stop:
             while st.step < self.total_steps and not interrupted:
-                loader = self._loader(st.epoch, st.next_batch)
-                for batch in loader:
+                if stop.requested:
+                    interrupted = True
+                    self.save_checkpoint()
+                    break
+                yielded = 0
+                for batch in self._loader(st.epoch, st.next_batch):
+                    yielded += 1
                     self._record_skips(batch)
                     record = self.train_step(batch) if len(batch) else None
                     if not len(batch):
@@ -374,16 +459,35 @@ class Trainer:
                         self.save_checkpoint()
                     if st.step >= self.total_steps or interrupted:
                         break
+                if yielded == 0:
+                    self._end_of_data()
         bar.close()
         elapsed = time.perf_counter() - t0
-        summary = self._summary(elapsed, window, interrupted)
+        summary = self._summary(elapsed, window, interrupted, st.samples_seen - samples0)
         if self.is_main:
             self._export_final()
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_json(self.out_dir / "summary.json", summary)
             chance = self.evaluator.chance if self.evaluator else None
             plot_report(self.metrics.path, self.out_dir / "report.png", chance)
             self.metrics.close()
         return summary
+
+    def _end_of_data(self) -> None:
+        """A pass over the data from the saved position yielded nothing: move on, or stop with an error.
+
+        A position at the end of an epoch (a stream shorter than its nominal length, a checkpoint
+        taken after the last batch) moves to the next epoch; a whole epoch without a batch is an
+        error rather than an endless loop.
+        """
+        st = self.state
+        if st.next_batch > 0:
+            st.epoch, st.next_batch = st.epoch + 1, 0
+            return
+        raise EmptyEpochError(
+            f"epoch {st.epoch} yielded no batch: every sample or shard of the training data is unreadable "
+            f"or the data is smaller than one batch ({self.cfg.batch_size}); check data.path. "
+            f"Skipped so far: {st.skipped or 'none'}"
+        )
 
     def _periodic(self, final: bool) -> None:
         cfg, st = self.cfg, self.state
@@ -406,7 +510,9 @@ class Trainer:
             extra={"step": self.state.step, "train_config": self.cfg.to_dict()},
         )
 
-    def _summary(self, elapsed: float, window: list[float], interrupted: bool) -> dict[str, Any]:
+    def _summary(
+        self, elapsed: float, window: list[float], interrupted: bool, session_samples: int
+    ) -> dict[str, Any]:
         st = self.state
         chance = self.evaluator.chance if self.evaluator else {}
         return {
@@ -415,8 +521,10 @@ class Trainer:
             "interrupted": interrupted,
             "final_loss": sum(window) / len(window) if window else None,
             "samples_seen": st.samples_seen,
+            "samples_this_session": session_samples,
             "seconds": round(elapsed, 1),
-            "samples_per_s": round(st.samples_seen / elapsed, 1) if elapsed > 0 else None,
+            # this session's rate: samples of earlier sessions (before a resume) took no time here
+            "samples_per_s": round(session_samples / elapsed, 1) if elapsed > 0 else None,
             "skipped_samples": sum(st.skipped.values()),
             "skipped_by_reason": st.skipped,
             "skipped_examples": st.skipped_examples[:20],
@@ -431,3 +539,9 @@ class Trainer:
 def train(cfg: TrainConfig, out_dir: str | Path, **kwargs) -> dict[str, Any]:
     """Run training to completion (or interruption); returns the summary also written to summary.json."""
     return Trainer(cfg, Path(out_dir), **kwargs).run()
+
+
+def _dotted(d: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ..errors import UsageError
+from ..fileio import read_text
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 Template = str | Callable[[str], str]
@@ -113,26 +116,26 @@ def format_prompt(template: Template, classname: str) -> str:
     if callable(template):
         return str(template(classname))
     if "{}" not in template and "{c}" not in template:
-        raise ValueError(f"template {template!r} has no '{{}}' or '{{c}}' placeholder for the class name")
+        raise UsageError(f"template {template!r} has no '{{}}' or '{{c}}' placeholder for the class name")
     return template.replace("{c}", classname).replace("{}", classname)
 
 
 def _read_lines(path: Path) -> list[str]:
     """Non-empty lines of a text file, stripped; lines starting with '#' are comments."""
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path, "prompt file").splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, "prompt file"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
 def _string_list(value, path: Path, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(
+        raise UsageError(
             f"{path}: expected a JSON list of strings for the {what}, got {type(value).__name__}"
         )
     return list(value)
@@ -155,15 +158,15 @@ def load_templates(spec: str | os.PathLike) -> list[str]:
         else:
             templates = _read_lines(path)
         if not templates:
-            raise ValueError(f"{path}: no templates found (expected one per line, or a JSON list)")
+            raise UsageError(f"{path}: no templates found (expected one per line, or a JSON list)")
         for i, t in enumerate(templates):
             if "{}" not in t and "{c}" not in t:
-                raise ValueError(f"{path}: template {i + 1} {t!r} has no '{{}}' or '{{c}}' placeholder")
+                raise UsageError(f"{path}: template {i + 1} {t!r} has no '{{}}' or '{{c}}' placeholder")
         return templates
     try:
         return load_prompt_set(str(spec)).templates
     except KeyError:
-        raise ValueError(
+        raise UsageError(
             f"--templates {spec!r} is neither an existing file nor a shipped prompt set; shipped sets: "
             f"{', '.join(available_prompt_sets())}"
         ) from None
@@ -181,11 +184,11 @@ def load_classnames(spec: str | os.PathLike) -> list[str] | dict[str, list[str]]
         try:
             names = load_prompt_set(str(spec)).classnames
         except KeyError:
-            raise ValueError(
+            raise UsageError(
                 f"class names {spec!r}: no such file and no shipped prompt set of that name"
             ) from None
         if names is None:
-            raise ValueError(f"the shipped prompt set {spec!r} has templates but no class names; pass a file")
+            raise UsageError(f"the shipped prompt set {spec!r} has templates but no class names; pass a file")
         return names
     if path.suffix.lower() != ".json":
         names = _read_lines(path)
@@ -195,16 +198,16 @@ def load_classnames(spec: str | os.PathLike) -> list[str] | dict[str, list[str]]
             return _class_prompts(data, path)
         names = _string_list(data["classnames"] if isinstance(data, dict) else data, path, "class names")
     if not names:
-        raise ValueError(f"{path}: no class names found")
+        raise UsageError(f"{path}: no class names found")
     return names
 
 
 def _class_prompts(data: dict, path: Path) -> dict[str, list[str]]:
     if not data:
-        raise ValueError(f"{path}: the class -> prompts mapping is empty")
+        raise UsageError(f"{path}: the class -> prompts mapping is empty")
     for name, prompts in data.items():
         if isinstance(prompts, str) or not isinstance(prompts, list) or not prompts:
-            raise ValueError(f"{path}: class {name!r} must map to a non-empty list of prompts")
+            raise UsageError(f"{path}: class {name!r} must map to a non-empty list of prompts")
         if not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"{path}: class {name!r}: every prompt must be a string")
+            raise UsageError(f"{path}: class {name!r}: every prompt must be a string")
     return {name: list(prompts) for name, prompts in data.items()}
