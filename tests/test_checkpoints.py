@@ -15,7 +15,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import warnings
 import zipfile
@@ -38,6 +41,8 @@ from cliplab.checkpoints import (
 )
 from cliplab.checkpoints import download as downloads
 from cliplab.checkpoints import openai as openai_format
+from cliplab.checkpoints.hf import save_hf_checkpoint
+from cliplab.fileio import is_orphan, remove_orphans
 from cliplab.models import CLIP, CLIPConfig, TextConfig, VisionConfig, get_config
 from cliplab.transforms import PreprocessConfig
 
@@ -196,14 +201,22 @@ def test_openai_jit_archive_resnet(resnet_archive):
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_unknown_torch_construct_falls_back_to_jit_load(vit_archive, monkeypatch):
-    def unsupported(self):
-        raise openai_format._NeedsTorchScript("torch._utils._rebuild_qtensor")
+def test_unknown_torch_construct_is_refused_not_handed_to_torchscript(vit_archive, tmp_path, monkeypatch):
+    """No fallback to torch.jit.load: an archive the safe reader cannot read is a CheckpointError."""
 
-    monkeypatch.setattr(openai_format._SafeArchiveReader, "state_dict", unsupported)
-    with pytest.warns(UserWarning, match="falling back to torch.jit.load"):
-        model, _ = load_checkpoint(vit_archive.path)
-    assert_same_outputs(model, vit_archive.ref, 32)
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load must never be called while loading a checkpoint")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    path = tmp_path / "qtensor.pt"
+    with zipfile.ZipFile(vit_archive.path) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = data.replace(b"torch._utils\n_rebuild_tensor_v2", b"torch._utils\n_rebuild_qtensor")
+            out.writestr(info, data)
+    with pytest.raises(CheckpointError, match=r"qtensor\.pt.*_rebuild_qtensor.*never runs code.*re-export"):
+        load_checkpoint(path)
 
 
 def test_openai_state_dict_file(tmp_path):
@@ -401,6 +414,95 @@ def test_cliplab_save_is_atomic(tmp_path, monkeypatch, target):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(random_clip("micro"), tmp_path / target)
     assert list(tmp_path.iterdir()) == []
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not any(is_orphan(q) for q in (p, *p.parents))
+    }
+
+
+@pytest.mark.parametrize("target", ["ckpt", "ckpt.safetensors", "hf"])
+def test_failed_save_over_an_existing_checkpoint_keeps_it(tmp_path, monkeypatch, target):
+    import safetensors.torch
+
+    first = random_clip("micro", seed=1)
+    save = save_hf_checkpoint if target == "hf" else save_checkpoint
+    path = save(first, tmp_path / target)
+    before = _files(tmp_path)
+    real_save_file = safetensors.torch.save_file
+
+    def fail_midway(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:1000])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save(random_clip("micro", seed=2), path)
+    monkeypatch.undo()
+    assert _files(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [target]
+    model, _ = load_checkpoint(path)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+# A child process that saves a model over an existing checkpoint and stalls half-way through writing
+# the weights, so the test can SIGKILL it at a known point of the write.
+_STALLED_WRITER = """
+import sys, time
+import safetensors.torch
+import torch
+import cliplab
+
+def stalled(tensors, filename, metadata=None):
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    with open(filename, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        print("half written", flush=True)
+        time.sleep(300)
+        f.write(data[len(data) // 2 :])
+
+safetensors.torch.save_file = stalled
+torch.manual_seed(2)
+cliplab.save(cliplab.create_model("micro"), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("target", ["ckpt", "ckpt.safetensors"])
+def test_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, target):
+    first = random_clip("micro", seed=1)
+    path = save_checkpoint(first, tmp_path / target)
+    before = _files(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(300, child.kill)
+    watchdog.start()
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "half written", child.stderr.read() if not line else line
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        watchdog.cancel()
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    orphans = sorted(p for p in tmp_path.iterdir() if is_orphan(p))
+    assert len(orphans) == 1  # the killed write's temporary, beside the untouched checkpoint
+    assert _files(tmp_path) == before
+    model, _ = load_checkpoint(path)
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in model.state_dict().items())
+    assert sorted(remove_orphans(tmp_path)) == orphans
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target]
 
 
 def test_cliplab_extra_must_be_json(tmp_path):

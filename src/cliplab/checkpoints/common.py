@@ -3,7 +3,8 @@
 Every reader returns a :class:`Loaded`: weights already mapped to OpenAI's key layout (the layout of
 :class:`cliplab.models.CLIP`), plus the architecture and preprocessing when the file records them.
 Nothing here unpickles arbitrary Python objects: torch files are read with ``weights_only=True``
-and safetensors files hold nothing but tensors and a string-to-string header.
+and safetensors files hold nothing but tensors and a string-to-string header. Writes go through
+:mod:`cliplab.fileio` (temporary file or directory, then rename).
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,20 +57,44 @@ def is_torchscript_zip(path: Path) -> bool:
 
 def torch_load(path: Path, *, mmap: bool = False) -> object:
     """``torch.load`` restricted to tensors and plain containers, with errors that name the file."""
+    if is_torchscript_zip(path):  # torch.load would only warn that it dispatches to torch.jit, then refuse
+        raise CheckpointError(
+            f"{path}: is a TorchScript archive where a torch.save-d state dict was expected; cliplab reads "
+            "TorchScript only as OpenAI's .pt archives and never runs its code. If you trust the file, "
+            "re-export its weights in a trusted environment (torch.save of its state_dict()) and load that."
+        )
+    zipped = is_torch_zip(path)
+    if zipped:
+        _refuse_zip_bomb(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_torch_zip(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused to unpickle it: the file holds Python objects other than tensors and plain "
             f"containers, and cliplab never runs code from a checkpoint ({_pickle_reason(exc)}). If you trust "
-            "the file, re-save only its weights elsewhere: torch.save(torch.load(p, weights_only=False)"
-            "['state_dict'], 'weights.pt')."
+            "the file, re-save only its tensors in a trusted environment (torch.save of the state dict alone, "
+            "or safetensors) and load that file instead."
         ) from None
     except Exception as exc:  # corrupt data surfaces as RuntimeError, EOFError, IndexError, KeyError...
         raise CheckpointError(
             f"{path}: not a readable PyTorch file; it is truncated, corrupt or of another kind "
             f"({type(exc).__name__}: {_first_line(exc)}). Re-download or re-save it."
         ) from None
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """torch.save stores its entries uncompressed, so their sizes cannot add up to more than the file."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # torch.load names the problem
+    size = path.stat().st_size
+    if declared > size:
+        raise CheckpointError(
+            f"{path}: its zip entries declare {declared} bytes in a {size}-byte file; torch.save writes them "
+            "uncompressed, so the file is corrupt or crafted (a zip bomb). Re-download or re-save it."
+        )
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -202,49 +225,6 @@ def check_keys(
         + ". If the architecture was inferred wrongly (head counts are guessed as width // 64), pass "
         "config=<name or CLIPConfig>; otherwise the file is of an unsupported variant."
     )
-
-
-def write_file_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it into place.
-
-    A crash or exception leaves either the old file or the new one, never a partial file.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a new directory through ``write(tmp_dir)``, then rename it to ``target``.
-
-    When ``target`` already exists it may hold other files (logs, a user's notes), so it is not
-    replaced wholesale: each written file is renamed over its old version one at a time instead.
-    """
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"{target} exists and is not a directory; choose another path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            # One rename per file, config last; only a concurrent reader could see a mixed pair.
-            for item in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".json"):
-                os.replace(item, target / item.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def _describe(config: CLIPConfig) -> str:

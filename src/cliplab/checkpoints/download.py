@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .common import CheckpointError, write_file_atomically
+from ..fileio import atomic_write
+from .common import CheckpointError
 
 _BASE = "https://openaipublic.azureedge.net/clip/models"
 _MODELS = {
@@ -78,7 +79,7 @@ def download(
         warnings.warn(f"{target}: SHA256 does not match {sha256}; downloading it again", stacklevel=2)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        return write_file_atomically(target, lambda tmp: _fetch(url, tmp, sha256, timeout, progress, label))
+        return atomic_write(target, lambda tmp: _fetch(url, tmp, sha256, timeout, progress, label))
     except _NetworkError as exc:
         raise CheckpointError(
             f"could not download {label or target.name} from {url} ({exc.__cause__ or exc}). Without network "

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_dir
 from ..models import CLIP, CLIPConfig, infer_config
 from ..transforms import PreprocessConfig
-from .common import CheckpointError, Loaded, read_json, read_safetensors, torch_load, write_dir_atomically
+from .common import CheckpointError, Loaded, read_json, read_safetensors, torch_load
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -203,7 +204,7 @@ def save_hf_checkpoint(model: CLIP, directory: str | Path) -> Path:
             {"format": "pt"},
         )
 
-    return write_dir_atomically(Path(directory), write)
+    return atomic_write_dir(Path(directory), write)
 
 
 def config_from_hf(hf_config: Mapping, sd: Mapping[str, torch.Tensor], source: Path) -> CLIPConfig:

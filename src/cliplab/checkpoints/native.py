@@ -7,7 +7,7 @@ A checkpoint is a directory::
 
 The same JSON header is also stored in the safetensors metadata under ``"cliplab"``, so the weights
 file alone is self-describing; saving to a path ending in ``.safetensors`` writes only that file.
-Writes are atomic (temporary file or directory, then rename).
+Writes are atomic (:mod:`cliplab.fileio`: temporary file or directory, then rename).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..fileio import atomic_write, atomic_write_dir
 from ..models import CLIP, CLIPConfig
 from ..transforms import PreprocessConfig
 from .common import (
@@ -25,8 +26,6 @@ from .common import (
     read_json,
     read_safetensors,
     safetensors_metadata,
-    write_dir_atomically,
-    write_file_atomically,
 )
 
 FORMAT = "cliplab"
@@ -68,13 +67,13 @@ def save_checkpoint(
         save_file(weights, str(file), metadata={META_KEY: compact, "format": "pt"})
 
     if path.suffix == ".safetensors":
-        return write_file_atomically(path, write_weights)
+        return atomic_write(path, write_weights)
 
     def write_dir(tmp: Path) -> None:
         write_weights(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2))
 
-    return write_dir_atomically(path, write_dir)
+    return atomic_write_dir(path, write_dir)
 
 
 def is_cliplab(path: Path) -> bool:
