@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cliplab.data import DataConfig, ManifestError, build_train_loader, read_manifest
-from cliplab.data.loader import mix_seed
+from cliplab.data.samples import mix_seed
 from cliplab.data.synthetic import SyntheticCaptions
 from cliplab.data.writers import write_files, write_webdataset
 from cliplab.tokenizer import tokenize
@@ -94,14 +94,19 @@ def test_read_manifest_formats_custom_columns_and_paths(tmp_path, fmt):
     [
         ("m.csv", "filepath,caption\na.png,one\nb.png,two,three\n", ":3:", "expected 2"),
         ("m.csv", 'filepath,caption\na.png,"multi\nline"\nb.png\n', ":4:", "found 1"),
-        ("m.csv", "path,caption\na.png,one\n", ":1:", "no column 'filepath'"),
+        (
+            "m.csv",
+            "\nfile,caption\na.png,one\n",
+            ":2:",
+            "no image column (looked for 'filepath', 'path', 'image')",
+        ),
         ("m.tsv", "filepath\tcaption\na.png\tone\n\tempty path\n", ":3:", "empty image path"),
         ("m.jsonl", '{"filepath": "a.png", "caption": "x"}\n{"filepath": "b.png", \n', ":2:", "invalid JSON"),
         (
             "m.jsonl",
             '{"filepath": "a.png", "caption": "x"}\n\n{"caption": "y"}\n',
             ":3:",
-            "missing key 'filepath'",
+            "no key 'filepath'; this line has keys ['caption']",
         ),
         ("m.jsonl", '["a.png", "x"]\n', ":1:", "JSON object"),
         ("m.jsonl", '{"filepath": 3, "caption": "x"}\n', ":1:", "must be a string"),
@@ -122,7 +127,7 @@ def test_manifest_unknown_extension_and_missing_file(tmp_path):
     (tmp_path / "m.txt").write_text("filepath,caption\n", encoding="utf-8")
     with pytest.raises(ManifestError, match="extension"):
         read_manifest(tmp_path / "m.txt")
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(ManifestError, match="nope.csv does not exist"):
         read_manifest(tmp_path / "nope.csv")
 
 
@@ -378,3 +383,178 @@ def test_synthetic_cache_gives_the_same_batches_as_rendering_on_the_fly():
     cached = load(DataConfig(**kw, synthetic_cache=True), image_size=32)
     fresh = load(DataConfig(**kw), image_size=32)
     assert_same_batches(cached, fresh)
+
+
+class DecodeSpy:
+    """Records the size of every image Pillow decodes (``ImageFile.load``), in this process."""
+
+    def __init__(self, monkeypatch) -> None:
+        from PIL import ImageFile
+
+        self.sizes: list[tuple[int, int]] = []
+        real = ImageFile.ImageFile.load
+
+        def load(img):
+            self.sizes.append(img.size)
+            return real(img)
+
+        monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def bomb_png(side: int = 48) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (9, 9, 9)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_webdataset_decompression_bomb_is_skipped_and_counted_not_decoded(samples, tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    (shard,) = write_webdataset(samples[:16], tmp_path, shard_size=16)
+    rewrite_shard(shard, lambda n, d: bomb_png() if n == "000003.png" else d)
+    # 48x48 = 2304 pixels: over the limit but under twice it, where Pillow itself only warns.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1600)
+    spy = DecodeSpy(monkeypatch)
+    cfg = DataConfig(source="webdataset", path=str(tmp_path), workers=0, shuffle_buffer=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        loader = load(cfg, EVAL, batch_size=8)
+        batches = list(loader)
+    assert sum(len(b) for b in batches) == 15
+    (record,) = [r for b in batches for r in b.skipped]
+    assert record.source == f"{shard}:000003" and record.kind == "unreadable image"
+    assert "MAX_IMAGE_PIXELS" in record.reason and "000003" in record.reason
+    assert loader.skip_counts == {"unreadable image": 1}
+    assert (32, 32) in spy.sizes and (48, 48) not in spy.sizes  # the bomb's pixels were never decoded
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard specs: one expansion (webdataset's) for training and evaluation
+
+
+def test_shard_specs_expand_with_webdatasets_own_rules(written):
+    import webdataset
+
+    from cliplab.data.wds import resolve_shards
+    from cliplab.errors import UsageError
+
+    shards = [str(s) for s in written[1]]
+    folder = written[1][0].parent
+    assert resolve_shards(str(folder)) == shards  # a directory: its *.tar, sorted
+    for pattern in ("shard-{000000..000003}.tar", "shard-{000002,000000}.tar", "shard-00000{1..2}.tar"):
+        spec = str(folder / pattern)
+        assert resolve_shards(spec) == webdataset.shardlists.expand_urls(spec)
+    assert resolve_shards(str(folder / "shard-{000002,000000}.tar")) == [shards[2], shards[0]]
+    assert resolve_shards(f"{shards[1]}::{shards[0]}") == [shards[1], shards[0]]
+    nothing = str(folder / "shard-{000010..000012}.tar")
+    with pytest.raises(UsageError, match=r"no shard file matches '.*shard-\{000010\.\.000012\}\.tar'"):
+        resolve_shards(nothing)
+    with pytest.raises(
+        UsageError, match=r"2 of the 6 shards named by '.*\{000000\.\.000005\}.*' do not exist"
+    ):
+        resolve_shards(str(folder / "shard-{000000..000005}.tar"))
+    with pytest.raises(UsageError, match="no shard file matches"):  # the error reaches training too
+        load(DataConfig(source="webdataset", path=nothing, num_samples=16, workers=0))
+    with pytest.raises(UsageError, match=r"no \*\.tar shards in directory"):
+        resolve_shards(str(folder.parent))
+
+
+# ---------------------------------------------------------------------------------------------
+# Module structure: no import cycle in cliplab.data
+
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "cliplab" / "data"
+
+
+def _eager_imports(path: Path) -> set[str]:
+    """cliplab.data modules that ``path`` imports when it is imported (function bodies are lazy)."""
+    import ast
+
+    modules = {p.stem for p in DATA_DIR.glob("*.py")}
+    found: set[str] = set()
+
+    def target(name: str) -> None:
+        parts = name.split(".")
+        if parts[:2] == ["cliplab", "data"]:
+            found.add(parts[2] if len(parts) > 2 and parts[2] in modules else "__init__")
+
+    class Visitor(ast.NodeVisitor):
+        def visit_FunctionDef(self, node):  # imports inside functions run later, lazily
+            pass
+
+        visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
+
+        def visit_Import(self, node):
+            for alias in node.names:
+                target(alias.name)
+
+        def visit_ImportFrom(self, node):
+            if node.level == 0:
+                base = node.module or ""
+            else:  # relative to cliplab.data (every module here lives in that package)
+                base = ".".join(
+                    ["cliplab", "data"][: 3 - node.level] + ([node.module] if node.module else [])
+                )
+            if node.module is None and base == "cliplab.data":  # from . import x
+                for alias in node.names:
+                    target(f"cliplab.data.{alias.name}")
+            else:
+                target(base)
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8")))
+    found.discard(path.stem)
+    return found
+
+
+def test_data_modules_have_no_import_cycle():
+    graph = {p.stem: _eager_imports(p) for p in DATA_DIR.glob("*.py")}
+    assert "samples" in graph["wds"] and "loader" not in graph["wds"]
+    assert "wds" not in graph["loader"] and "loader" not in graph["samples"]
+
+    def cycle_from(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        for nxt in sorted(graph.get(node, ())):
+            found = cycle_from(nxt, path + [node])
+            if found:
+                return found
+        return None
+
+    for module in graph:
+        assert cycle_from(module, []) is None, f"import cycle: {' -> '.join(cycle_from(module, []))}"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in DATA_DIR.glob("*.py") if p.stem != "__init__"))
+def test_each_data_module_imports_alone_in_a_fresh_interpreter(module):
+    import subprocess
+    import sys
+
+    code = f"import cliplab.data.{module}"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_webdataset_package_is_needed_only_to_stream_or_expand_patterns(written, tmp_path):
+    import subprocess
+    import sys
+
+    folder = str(written[1][0].parent)
+    code = (
+        "import sys; sys.modules['webdataset'] = None\n"  # as if it were not installed
+        "from cliplab.data.wds import resolve_shards\n"
+        "import cliplab.evaluation.datasets\n"
+        f"assert len(resolve_shards({folder!r})) == 4\n"
+        "from cliplab.errors import UsageError\n"
+        "try:\n"
+        f"    resolve_shards({folder!r} + '/shard-{{000000..000001}}.tar')\n"
+        "except UsageError as e:\n"
+        "    assert 'webdataset' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('a brace pattern expanded without webdataset')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cliplab.data.manifest import ManifestError
 from cliplab.evaluation import datasets as ds
 from cliplab.evaluation import features as feats
 from cliplab.evaluation.metrics import (
@@ -172,7 +173,7 @@ def test_empty_dataset_is_an_error(tmp_path):
         ds.ImageFolderDataset(tmp_path)
     manifest = tmp_path / "m.csv"
     manifest.write_text("filepath,label\n")
-    with pytest.raises(ds.DatasetError, match="no images"):
+    with pytest.raises(ManifestError, match="m.csv: the manifest has no samples"):
         ds.ManifestDataset(manifest)
 
 
@@ -315,3 +316,71 @@ def test_evaluate_zero_shot_matches_manual(synthetic):
     assert result["n_images"] == len(synthetic.labels) and result["n_skipped"] == 0
     assert sum(map(sum, result["confusion_matrix"])) == len(synthetic.labels)
     json.dumps(result)  # JSON-ready
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards and decompression bombs: the same expansion and the same guarded decoder as training
+
+
+def _cls_shard(path, images, labels):
+    with tarfile.open(path, "w") as tar:
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            for name, data in ((f"{i:04d}.png", buf.getvalue()), (f"{i:04d}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shard_specs_expand_as_for_training(tmp_path):
+    from cliplab.data.wds import resolve_shards
+    from cliplab.errors import UsageError
+
+    for s in range(3):
+        _cls_shard(tmp_path / f"shard-{s:06d}.tar", [Image.new("RGB", (8, 8), (s * 80, 0, 0))], [s])
+    spec = str(tmp_path / "shard-{000002,000000}.tar")  # a brace list: webdataset's syntax
+    d = ds.load_classification_dataset(spec, image_transform(8))
+    assert (
+        d.shards
+        == resolve_shards(spec)
+        == [str(tmp_path / "shard-000002.tar"), str(tmp_path / "shard-000000.tar")]
+    )
+    assert d.labels == [2, 0]
+    with pytest.raises(UsageError, match=r"no shard file matches '.*shard-\{000007\.\.000009\}\.tar'"):
+        ds.load_classification_dataset(str(tmp_path / "shard-{000007..000009}.tar"))
+
+
+def test_decompression_bombs_are_skipped_and_counted_not_decoded(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import ImageFile
+
+    images = [Image.new("RGB", (32, 32), (i * 60, 0, 0)) for i in range(3)]
+    bomb = Image.new("RGB", (48, 48), (1, 2, 3))  # 2304 pixels: Pillow only warns under twice the limit
+    (tmp_path / "shards").mkdir()
+    shard = tmp_path / "shards" / "shard-000000.tar"
+    _cls_shard(shard, [*images[:2], bomb, images[2]], [0, 1, 1, 0])
+    (tmp_path / "files").mkdir()
+    for i, img in enumerate([*images, bomb]):
+        img.save(tmp_path / "files" / f"{i}.png")
+    (tmp_path / "files" / "m.csv").write_text("filepath,label\n0.png,0\n1.png,1\n3.png,1\n2.png,0\n")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1600)
+    decoded = []
+    real = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: decoded.append(img.size) or real(img))
+    torch.manual_seed(0)
+    model = build_model(get_config("micro"))
+    transform = image_transform(model.config.vision.image_size)
+    cases = [
+        (ds.WebDatasetShards(tmp_path / "shards", transform), f"{shard}:0002"),
+        (ds.ManifestDataset(tmp_path / "files" / "m.csv", transform), str(tmp_path / "files" / "3.png")),
+    ]
+    for dataset, bomb_source in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            out = feats.extract_image_features(model, dataset, batch_size=2, workers=0, progress=False)
+        assert out.features.shape[0] == 3 and out.labels.tolist() == [0, 1, 0]
+        (skipped,) = out.skipped
+        assert skipped.source == bomb_source and "MAX_IMAGE_PIXELS" in skipped.reason
+    assert (32, 32) in decoded and (48, 48) not in decoded  # refused before its pixels were decoded

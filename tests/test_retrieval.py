@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from cliplab.data.manifest import ManifestError
 from cliplab.evaluation.retrieval import (
     image_to_text_ranks,
     load_captions,
@@ -116,22 +117,24 @@ def test_csv_groups_rows_by_image_with_configurable_columns(tmp_path):
     path = tmp_path / "caps.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "text", "other"])
+        w.writerow(["file", "words", "other"])
         w.writerows([["a.png", "a cat", "x"], ["b.png", "a dog", "y"], ["a.png", "a kitten", "z"]])
-    caps = load_captions(path, image_column="file", caption_column="text")
+    caps = load_captions(path, image_column="file", caption_column="words")
     assert caps.images == [tmp_path / "a.png", tmp_path / "b.png"]
     assert caps.captions == ["a cat", "a dog", "a kitten"]
     assert caps.text_to_image == [0, 1, 0]
-    rooted = load_captions(path, image_column="file", caption_column="text", images_root=tmp_path / "imgs")
+    rooted = load_captions(path, image_column="file", caption_column="words", images_root=tmp_path / "imgs")
     assert rooted.images[0] == tmp_path / "imgs" / "a.png"
-    with pytest.raises(ValueError, match="no column 'caption'"):
+    with pytest.raises(ManifestError, match=r"caps.csv:1: no caption column .*\['file', 'words', 'other'\]"):
         load_captions(path, image_column="file")
+    with pytest.raises(ManifestError, match="caps.csv:1: no column 'picture'"):
+        load_captions(path, image_column="picture", caption_column="words")
 
 
 def test_csv_empty_caption_names_line(tmp_path):
     path = tmp_path / "caps.csv"
     path.write_text("image,caption\na.png,hello\nb.png,\n")
-    with pytest.raises(ValueError, match="line 3"):
+    with pytest.raises(ManifestError, match="caps.csv:3: column 'caption': empty or missing caption"):
         load_captions(path)
 
 

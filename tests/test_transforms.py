@@ -334,20 +334,37 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "nope.png")
 
 
-def test_decompression_bomb(tmp_path, monkeypatch):
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+def test_decompression_bomb(tmp_path, monkeypatch, as_bytes):
+    def load(path):
+        return load_image(path.read_bytes(), name=f"shard.tar:{path.stem}") if as_bytes else load_image(path)
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     big = tmp_path / "bomb.png"  # 64x48 = 3072 pixels: over twice the limit, Pillow's own error
     big.write_bytes(_encoded("PNG"))
-    with pytest.raises(ImageLoadError, match="bomb.png.*MAX_IMAGE_PIXELS"):
-        load_image(big)
+    with pytest.raises(ImageLoadError, match="bomb.*MAX_IMAGE_PIXELS"):
+        load(big)
     mid = tmp_path / "warn.png"  # 40x30 = 1200: Pillow only warns, load_image still refuses
     mid.write_bytes(_encoded("PNG", size=(40, 30)))
-    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageLoadError, match="warn.png"):
-        load_image(mid)
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageLoadError, match="warn.*MAX_IMAGE"):
+        load(mid)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning raised as an exception is wrapped too
-        with pytest.raises(ImageLoadError, match="warn.png"):
-            load_image(mid)
+        with pytest.raises(ImageLoadError, match="warn"):
+            load(mid)
+
+
+def test_load_image_from_bytes_is_the_same_decoder(tmp_path):
+    path = tmp_path / "a.png"
+    make_image("RGB", (20, 10)).save(path)
+    from_bytes = load_image(path.read_bytes(), name="shard.tar:a")
+    assert np.array_equal(np.asarray(from_bytes), np.asarray(load_image(path)))
+    assert from_bytes.size == (20, 10) and from_bytes.mode == "RGB"
+    with pytest.raises(ImageLoadError, match=r"cannot decode image shard\.tar:notes .*not an image"):
+        load_image(b"this is not an image\n", name="shard.tar:notes")
+    data = _encoded("PNG")
+    with pytest.raises(ImageLoadError, match=r"<image bytes>.*truncated"):
+        load_image(data[: len(data) // 2])
 
 
 def _exif_png(tmp_path) -> tuple:

@@ -29,6 +29,7 @@ Deliberate deviations, only where the reference crashes or would allocate absurd
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable
@@ -126,16 +127,27 @@ def _three_floats(name: str, value) -> tuple[float, float, float]:
 # Loading
 
 
-def load_image(path: str | os.PathLike, exif_transpose: bool = False) -> Image.Image:
-    """Open and fully decode an image file, raising ``ImageLoadError`` for anything unreadable.
+def load_image(
+    source: str | os.PathLike | bytes, exif_transpose: bool = False, *, name: str | None = None
+) -> Image.Image:
+    """Fully decode an image file or encoded image bytes, raising ``ImageLoadError`` if unreadable.
 
-    Images over ``PIL.Image.MAX_IMAGE_PIXELS`` are refused (Pillow only warns below twice that),
-    since a data pipeline should not spend gigabytes on one suspicious file. No EXIF rotation is
-    applied unless ``exif_transpose=True``, matching OpenAI's preprocessing.
+    ``source`` is a path or the bytes of an encoded image (a tar member, a download); ``name``
+    says where the bytes came from in messages (``shard.tar:key``) and defaults to the path.
+    This is the one decoder cliplab uses, so every source gets the same guard: images over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` are refused before their pixels are decoded (Pillow itself only
+    warns below twice that), since a data pipeline should not spend gigabytes on one suspicious
+    image. No EXIF rotation is applied unless ``exif_transpose=True``, matching OpenAI's
+    preprocessing.
     """
-    name = os.fspath(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "<image bytes>"
+        fp = io.BytesIO(source)
+    else:
+        name = name or os.fspath(source)
+        fp = os.fspath(source)
     try:
-        with Image.open(name) as img:
+        with Image.open(fp) as img:
             _check_pixel_count(img, name)
             img.load()
     except ImageLoadError:
@@ -144,13 +156,13 @@ def load_image(path: str | os.PathLike, exif_transpose: bool = False) -> Image.I
         raise ImageLoadError(f"image file {name} does not exist; check the path or the manifest") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
-            f"{name}: {exc} Raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file."
+            f"{name}: {exc} Raise PIL.Image.MAX_IMAGE_PIXELS if you trust this image."
         ) from exc
     except Exception as exc:
         # Pillow's decoders raise many types on corrupt data (OSError, SyntaxError, struct.error,
         # EOFError, ValueError...); a loader must turn all of them into one catchable error.
         raise ImageLoadError(
-            f"cannot decode image {name} ({type(exc).__name__}: {exc}); the file is not an image, is "
+            f"cannot decode image {name} ({type(exc).__name__}: {exc}); it is not an image, is "
             "truncated or is corrupt. Re-download or re-encode it, or remove it from the dataset."
         ) from exc
     if exif_transpose:
@@ -170,7 +182,7 @@ def _check_pixel_count(img: Image.Image, name: str) -> None:
     if limit is not None and w * h > limit:
         raise ImageLoadError(
             f"{name}: {w}x{h} = {w * h} pixels is over PIL.Image.MAX_IMAGE_PIXELS ({limit}), "
-            "Pillow's guard against decompression bombs. Raise that limit if you trust this file."
+            "Pillow's guard against decompression bombs. Raise that limit if you trust this image."
         )
 
 

@@ -2,7 +2,11 @@
 
 A sample is the tar members sharing a key: an image (``.jpg``, ``.jpeg``, ``.png`` or ``.webp``)
 and a caption, read from ``.txt`` when present, else from the ``.json`` member's
-``DataConfig.caption_key``.
+``DataConfig.caption_key`` (by default the first of "caption", "text" it has). Images are decoded
+by ``cliplab.transforms.load_image``, with its decompression-bomb guard.
+
+Shard specs are expanded by :func:`resolve_shards`, which evaluation uses too. This module imports
+the ``webdataset`` package only when shards are streamed or a pattern is expanded.
 
 Splitting. Without ``resampled``, each pass over the data shuffles the shard list with a seed from
 (seed, epoch, pass), identically on every rank; rank ``r`` takes every ``world_size``-th shard from
@@ -30,21 +34,21 @@ recorded as ``SkipRecord("shard.tar:key", reason)`` in the next batch of that wo
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import count
 from pathlib import Path
 
-import webdataset
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..transforms import ImageLoadError
-from .loader import (
+from ..errors import UsageError
+from ..fileio import read_text
+from ..transforms import load_image
+from .manifest import CAPTION_COLUMNS
+from .samples import (
     Batch,
     Collate,
     DataConfig,
@@ -58,26 +62,60 @@ from .loader import (
 )
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# What makes a string a pattern for webdataset's own expansion rather than one path: braces,
+# "::"-separated lists and $WDS_ environment variables (webdataset.shardlists.expand_urls).
+_PATTERN_MARKS = ("{", "::", "$")
 
 
-def resolve_shards(spec: str | list[str]) -> list[str]:
-    """Shard paths from a directory (its ``*.tar``, sorted), a brace pattern or a list; checks they exist."""
+def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Shard paths from a spec, checked to exist: the one way cliplab expands shard specs.
+
+    A directory means its ``*.tar`` files, sorted. A brace pattern (``data/shard-{000000..000009}.tar``),
+    a ``::``-separated list or a ``$WDS_`` variable is expanded by webdataset's own
+    ``webdataset.shardlists.expand_urls``, exactly as webdataset reads it. A list is taken as is;
+    any other string is one shard. URLs (``scheme://``) are not checked. A spec naming no existing
+    file is a ``UsageError`` that names it.
+    """
     if isinstance(spec, (list, tuple)):
-        shards = [os.fspath(s) for s in spec]
-    elif os.path.isdir(spec):
-        shards = sorted(glob.glob(os.path.join(spec, "*.tar")))
-        if not shards:
-            raise FileNotFoundError(f"no *.tar shards in directory {spec}; check DataConfig.path")
+        shards, what = [os.fspath(s) for s in spec], f"the list of {len(spec)} shard(s)"
     else:
-        shards = webdataset.shardlists.expand_urls(spec)
-    missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(shards)} shard(s) do not exist, e.g. {missing[:3]}; check DataConfig.path"
-        )
+        spec = os.fspath(spec)
+        what = repr(spec)
+        if os.path.isdir(spec):
+            shards = sorted(glob.glob(os.path.join(glob.escape(spec), "*.tar")))
+            if not shards:
+                raise UsageError(f"no *.tar shards in directory {spec}; check the shard path")
+        elif any(mark in spec for mark in _PATTERN_MARKS):
+            shards = _expand_urls(spec)
+        else:
+            shards = [spec]
     if not shards:
-        raise ValueError(f"DataConfig.path={spec!r} names no shards")
+        raise UsageError(
+            f"{what} names no shards; give a directory of *.tar files, a brace pattern or a list"
+        )
+    missing = [s for s in shards if "://" not in s and not os.path.isfile(s)]
+    if len(missing) == len(shards):
+        raise UsageError(
+            f"no shard file matches {what}: none of its {len(shards)} path(s) exist (first: {shards[0]}); "
+            "check the path and the brace range"
+        )
+    if missing:
+        raise UsageError(
+            f"{len(missing)} of the {len(shards)} shards named by {what} do not exist, e.g. {missing[:3]}; "
+            "check the path and the brace range"
+        )
     return shards
+
+
+def _expand_urls(spec: str) -> list[str]:
+    try:
+        from webdataset.shardlists import expand_urls
+    except ImportError:
+        raise UsageError(
+            f"expanding the shard pattern {spec!r} needs the webdataset package: pip install 'cliplab[train]' "
+            "(or give a directory of *.tar files or a list)"
+        ) from None
+    return list(expand_urls(spec))
 
 
 def shard_sizes(shards: list[str], required: bool = True) -> dict[str, int] | None:
@@ -93,7 +131,7 @@ def shard_sizes(shards: list[str], required: bool = True) -> dict[str, int] | No
                 tables[folder] = _read_sizes(Path(folder) / "sizes.json")
             name = os.path.basename(shard)
             if name not in tables[folder]:
-                raise ValueError(
+                raise UsageError(
                     f"{folder}/sizes.json has no entry for {name}; add one or set DataConfig.num_samples"
                 )
         except (OSError, ValueError):
@@ -106,27 +144,17 @@ def shard_sizes(shards: list[str], required: bool = True) -> dict[str, int] | No
 
 def _read_sizes(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"{path} not found: set DataConfig.num_samples (samples per epoch) or write sizes.json "
             'mapping shard file names to sample counts, e.g. {"shard-000000.tar": 1000}'
         )
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(read_text(path, "shard sizes file"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise UsageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping shard names to sample counts")
+        raise UsageError(f"{path}: expected a JSON object mapping shard names to sample counts")
     return table
-
-
-def decode_image_bytes(data: bytes, where: str) -> Image.Image:
-    """Fully decode image bytes, raising ``ImageLoadError`` for anything Pillow cannot read."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except Exception as exc:  # Pillow raises many types on corrupt data
-        raise ImageLoadError(f"cannot decode image {where} ({type(exc).__name__}: {exc})") from exc
-    return img
 
 
 class _Tally:
@@ -155,7 +183,8 @@ class ShardStream(IterableDataset):
         collate: Collate, *, batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
     ) -> None:  # fmt: skip
         self.shards, self.sizes, self.maker, self.collate = shards, sizes, maker, collate
-        self.resampled, self.buffer, self.caption_key = cfg.resampled, cfg.shuffle_buffer, cfg.caption_key
+        self.resampled, self.buffer = cfg.resampled, cfg.shuffle_buffer
+        self.caption_keys = (cfg.caption_key,) if cfg.caption_key else CAPTION_COLUMNS
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
 
@@ -169,6 +198,8 @@ class ShardStream(IterableDataset):
             tally.errors += 1
             tally.add(SkipRecord(tally.shard, f"broken tar: {type(exc).__name__}: {detail}"))
             return True  # go on with the next member or shard
+
+        import webdataset  # only here, when shards are streamed: an optional dependency
 
         urls = self._urls(worker, workers, tally)
         samples = _counted(webdataset.tarfile_to_samples(handler=on_error)(urls), tally)
@@ -226,21 +257,23 @@ class ShardStream(IterableDataset):
             return SkipRecord(where, str(exc))
         # Seeded by shard file name and key, not full path, so moving the data keeps the augmentation.
         seed = mix_seed(self.seed, self.epoch, zlib.crc32(f"{os.path.basename(url)}:{key}".encode()))
-        return self.maker.make(where, lambda: decode_image_bytes(sample[ext], where), caption, -1, seed)
+        return self.maker.make(where, lambda: load_image(sample[ext], name=where), caption, -1, seed)
 
     def _caption(self, sample: dict) -> str:
-        """The .txt member, else the .json member's caption_key; ValueError says what is wrong."""
+        """The .txt member, else the .json member's first caption key; ValueError says what is wrong."""
         try:
             if "txt" in sample:
                 return sample["txt"].decode("utf-8")
             if "json" in sample:
                 obj = json.loads(sample["json"])
-                value = obj.get(self.caption_key) if isinstance(obj, dict) else None
-                if isinstance(value, str):
-                    return value
+                if isinstance(obj, dict):
+                    key = next((k for k in self.caption_keys if k in obj), None)
+                    if isinstance(obj.get(key), str):
+                        return obj[key]
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"bad caption: {type(exc).__name__}: {exc}") from None
-        raise ValueError(f"missing caption: no .txt member and no string {self.caption_key!r} in .json")
+        keys = " or ".join(map(repr, self.caption_keys))
+        raise ValueError(f"missing caption: no .txt member and no string {keys} in .json")
 
 
 def _counted(samples: Iterator[dict], tally: _Tally) -> Iterator[dict]:
@@ -260,7 +293,7 @@ def build_wds_loader(
     num_samples = cfg.num_samples or sum(sizes.values())
     num_batches = num_samples // (batch_size * world_size)
     if num_batches == 0:
-        raise ValueError(
+        raise UsageError(
             f"{num_samples} samples per epoch make no full batch of {batch_size} on each of {world_size} "
             "rank(s); lower batch_size or raise DataConfig.num_samples"
         )
@@ -268,7 +301,7 @@ def build_wds_loader(
     workers = cfg.workers
     if not cfg.resampled:
         if len(shards) < world_size:
-            raise ValueError(
+            raise UsageError(
                 f"{len(shards)} shard(s) cannot be split over {world_size} ranks; write more, smaller "
                 "shards or set DataConfig.resampled=True"
             )
@@ -290,4 +323,4 @@ def build_wds_loader(
     return TrainLoader(loader, num_batches, start_batch, skip_leading=True)
 
 
-__all__ = ["ShardStream", "build_wds_loader", "shard_sizes", "decode_image_bytes", "resolve_shards"]
+__all__ = ["ShardStream", "build_wds_loader", "resolve_shards", "shard_sizes"]

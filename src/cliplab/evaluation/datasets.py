@@ -14,10 +14,8 @@ class names, and labels without a class name.
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
-import io
 import json
 import os
 import re
@@ -29,7 +27,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.manifest import IMAGE_COLUMNS, MANIFEST_SUFFIXES, Column, read_table
+from ..data.wds import resolve_shards
 from ..errors import CliplabError
+from ..fileio import read_text
 from ..transforms import ImageLoadError, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -145,7 +146,7 @@ def _read_name_file(path: Path) -> list[str] | dict[str, str]:
     """A class-name file: text (one name per line) or JSON (a list, or an object folder -> name)."""
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path, "class-name file"))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if isinstance(data, dict) and isinstance(data.get("classnames"), list):
@@ -157,7 +158,7 @@ def _read_name_file(path: Path) -> list[str] | dict[str, str]:
                 f"{path}: expected a JSON list of class names or an object folder -> class name"
             )
         return data
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(path, "class-name file").splitlines()]
     return [ln for ln in lines if ln]
 
 
@@ -187,7 +188,7 @@ def _assign_folders(
         return {f: i for i, f in enumerate(sorted(names))}
     order_file = root / "folders.txt"  # written by cliplab.data.writers.write_image_folder
     if order_file.is_file():
-        order = [ln.strip() for ln in order_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        order = [ln.strip() for ln in read_text(order_file, "folder list").splitlines() if ln.strip()]
         if len(order) != len(names):
             raise DatasetError(
                 f"{order_file} lists {len(order)} folders but {name_file} {len(names)} class names"
@@ -266,48 +267,10 @@ class ImageFolderDataset(_FileDataset):
 # CSV / JSONL manifest
 
 
-PATH_COLUMNS = ("filepath", "path", "image")
-
-
-def _manifest_rows(path: Path, path_column: str | None, label_column: str) -> list[tuple[int, str, Any]]:
-    """``(line, image path, raw label)`` per row; ``path_column=None`` takes the first of ``PATH_COLUMNS``."""
-    rows = []
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-            col = path_column or next(
-                (c for c in PATH_COLUMNS if isinstance(obj, dict) and c in obj), PATH_COLUMNS[0]
-            )
-            if not isinstance(obj, dict) or col not in obj or label_column not in obj:
-                raise DatasetError(
-                    f"{path}:{line_no}: expected an object with keys {col!r} and {label_column!r}"
-                )
-            rows.append((line_no, str(obj[col]), obj[label_column]))
-        return rows
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        path_column = path_column or next((c for c in PATH_COLUMNS if c in header), PATH_COLUMNS[0])
-        for col in (path_column, label_column):
-            if col not in (reader.fieldnames or []):
-                raise DatasetError(
-                    f"{path}:1: no column {col!r} in the header {header}; name the columns to use"
-                )
-        for row in reader:
-            if row[path_column] is None or row[label_column] is None:
-                raise DatasetError(f"{path}:{reader.line_num}: the row has fewer columns than the header")
-            rows.append((reader.line_num, row[path_column], row[label_column]))
-    return rows
-
-
 def _parse_label(value: Any, index_of: dict[str, int] | None, where: str) -> int | str:
     """An int label, or a class name (str) to be looked up once all names are known."""
+    if value is None:
+        raise DatasetError(f"{where}: empty label")
     if isinstance(value, bool):
         raise DatasetError(f"{where}: label {value!r} is neither a class index nor a class name")
     if isinstance(value, int):
@@ -327,7 +290,9 @@ def _parse_label(value: Any, index_of: dict[str, int] | None, where: str) -> int
 class ManifestDataset(_FileDataset):
     """A CSV/TSV (header row) or JSON Lines file with an image path and a label per row.
 
-    Labels are class indices or class names. With ``classnames`` given (a list or a file, in label
+    The file is read by ``cliplab.data.manifest.read_table``, the reader training uses too, so
+    encodings, byte-order marks, column defaults and errors are the same. Labels are class
+    indices or class names. With ``classnames`` given (a list or a file, in label
     order) a name label is looked up in it; without, name labels define the classes in sorted order,
     and integer labels get names "0", "1"... The path column defaults to the first of "filepath",
     "path", "image" in the file. Relative paths are resolved against ``root``, by default
@@ -346,13 +311,20 @@ class ManifestDataset(_FileDataset):
     ) -> None:
         super().__init__(transform)
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DatasetError(f"manifest {self.path} does not exist")
-        base = Path(root) if root is not None else self.path.resolve().parent
+        table = read_table(
+            self.path,
+            [
+                Column.named("image", path_column, IMAGE_COLUMNS, "path_column= (--path-column)"),
+                Column("label", (label_column,), "label_column= (--label-column)"),
+            ],
+        )
+        base = Path(root) if root is not None else table.root
         names = _names_from(classnames) if classnames is not None else None
         index_of = {n: i for i, n in enumerate(names)} if names is not None else None
-        rows = _manifest_rows(self.path, path_column, label_column)
-        parsed = [(str(base / p), _parse_label(v, index_of, f"{self.path}:{ln}")) for ln, p, v in rows]
+        parsed = [
+            (str(table.image_path(row, 0, base)), _parse_label(row.values[1], index_of, table.where(row)))
+            for row in table.rows
+        ]
         if names is None:
             text_labels = sorted({y for _, y in parsed if isinstance(y, str)})
             if text_labels and any(isinstance(y, int) for _, y in parsed):
@@ -375,22 +347,11 @@ class ManifestDataset(_FileDataset):
 # WebDataset shards
 
 
-def expand_shards(spec: str | os.PathLike) -> list[str]:
-    """Shard paths from a directory (its ``*.tar``), a glob, a brace range ``a-{000..009}.tar`` or a file."""
-    spec = os.fspath(spec)
-    if os.path.isdir(spec):
-        return sorted(glob.glob(os.path.join(spec, "*.tar")))
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", spec)
-    if m:
-        lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
-        return [spec[: m.start()] + str(i).zfill(width) + spec[m.end() :] for i in range(lo, hi + 1)]
-    if any(ch in spec for ch in "*?["):
-        return sorted(glob.glob(spec))
-    return [spec]
-
-
 class WebDatasetShards(ClassificationDataset):
     """WebDataset tar shards where a sample is an image member plus a ``cls`` member (an integer).
+
+    ``shards`` is a directory of ``*.tar``, a brace pattern or a list, expanded by
+    ``cliplab.data.wds.resolve_shards`` as for training.
 
     The shards are indexed once (member offsets), so samples are read by random access and the
     dataset works with any number of DataLoader workers. Samples without a label are an error;
@@ -407,9 +368,7 @@ class WebDatasetShards(ClassificationDataset):
         label_key: str = "cls",
     ) -> None:
         super().__init__(transform)
-        self.shards = expand_shards(shards) if isinstance(shards, (str, os.PathLike)) else list(shards)
-        if not self.shards:
-            raise DatasetError(f"no webdataset shards match {shards}")
+        self.shards = resolve_shards(shards)
         self.members: list[tuple[int, int, int, str]] = []  # (shard, offset, size, key)
         self.labels = []
         for s, shard in enumerate(self.shards):
@@ -424,8 +383,8 @@ class WebDatasetShards(ClassificationDataset):
         self._check_nonempty(str(shards))
 
     def _index(self, s: int, shard: str, label_key: str) -> None:
-        if not os.path.isfile(shard):
-            raise DatasetError(f"webdataset shard {shard} does not exist")
+        if not os.path.isfile(shard):  # resolve_shards lets URLs through; samples are read by offset here
+            raise DatasetError(f"webdataset shard {shard} is not a local file; download the shards first")
         samples: dict[str, dict[str, Any]] = {}
         with tarfile.open(shard, "r:") as tar:
             for m in tar:
@@ -452,14 +411,7 @@ class WebDatasetShards(ClassificationDataset):
         with open(self.shards[s], "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Exception as exc:
-            raise ImageLoadError(
-                f"cannot decode image {self.source(index)} ({type(exc).__name__}: {exc})"
-            ) from exc
-        return img
+        return load_image(data, name=self.source(index))
 
     def source(self, index: int) -> str:
         s, _, _, key = self.members[index]
@@ -537,7 +489,7 @@ def load_classification_dataset(
         (task,) = zero_shot_tasks(image_size=synthetic_image_size, names=[text.split(":", 1)[1]])
         return InMemoryDataset.from_task(task, transform)
     suffix = Path(text).suffix.lower()
-    if suffix in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json"):
+    if suffix in MANIFEST_SUFFIXES:
         return ManifestDataset(
             text, transform, classnames=classnames, path_column=path_column, label_column=label_column
         )

@@ -20,11 +20,10 @@ JSON) and runs a model over one (:func:`run_retrieval`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,16 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.manifest import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    MANIFEST_SUFFIXES,
+    Column,
+    ManifestError,
+    read_table,
+)
+from ..errors import UsageError
+from ..fileio import atomic_torch_save, read_text
 from ..transforms import load_image
 from .datasets import ClassificationDataset, Transform, file_keys
 
@@ -239,15 +248,18 @@ def load_captions(
     path: str | os.PathLike,
     *,
     images_root: str | os.PathLike | None = None,
-    image_column: str = "image",
-    caption_column: str = "caption",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     split: str | None = "test",
 ) -> CaptionSet:
     """Read a retrieval dataset; the format follows from the file.
 
     - ``.csv`` / ``.tsv`` / ``.jsonl``: one row per (image, caption) pair, so an image with five captions
-      has five rows; the columns are ``image_column`` and ``caption_column``. In JSONL the caption may
-      also be a list of strings.
+      has five rows. The file is read by ``cliplab.data.manifest.read_table``, as training
+      manifests are, so a manifest written by ``cliplab data synthetic --format files`` works as is.
+      ``image_column`` defaults to the first of "filepath", "path", "image" in the file,
+      ``caption_column`` to the first of "caption", "text". In JSONL the caption may also be a
+      list of strings.
     - ``.json`` with ``images`` and ``annotations`` (COCO ``annotations/captions_*.json``): images by
       ``id`` and ``file_name``, captions by ``image_id`` and ``caption``.
     - ``.json`` whose ``images`` entries have ``sentences`` (Karpathy's ``dataset_coco.json`` /
@@ -255,87 +267,65 @@ def load_captions(
       only images of ``split`` are kept (``None`` keeps all).
 
     Relative image paths are resolved against ``images_root``, or the file's folder if it is None.
+    Malformed files raise ``ManifestError`` naming the file and line (or entry).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"retrieval dataset {path} does not exist")
-    root = Path(images_root) if images_root is not None else path.parent
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        pairs = _csv_pairs(path, image_column, caption_column, "\t" if suffix == ".tsv" else ",")
-        return _group_pairs(pairs, root, path)
-    if suffix == ".jsonl":
-        return _group_pairs(_jsonl_pairs(path, image_column, caption_column), root, path)
     if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = _read_json(path)
+        root = Path(images_root) if images_root is not None else path.resolve().parent
         if isinstance(data, dict) and "annotations" in data and "images" in data:
             return _coco(data, root, path)
         if isinstance(data, dict) and isinstance(data.get("images"), list) and _has_sentences(data["images"]):
             return _karpathy(data, root, path, split)
-        raise ValueError(
+        raise ManifestError(
             f"{path}: not a COCO captions file (needs 'images' and 'annotations') nor a Karpathy split file "
             "(needs 'images' with 'sentences'); for one row per pair use .csv or .jsonl"
         )
-    raise ValueError(f"{path}: unknown retrieval dataset format {suffix!r}; use .csv, .tsv, .jsonl or .json")
+    if suffix in MANIFEST_SUFFIXES:
+        return _from_table(path, images_root, image_column, caption_column)
+    raise ManifestError(
+        f"{path}: unknown retrieval dataset format {suffix!r}; use .csv, .tsv, .jsonl or .json"
+    )
 
 
-def _resolve(root: Path, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else root / p
+def _read_json(path: Path) -> Any:
+    try:
+        text = read_text(path, "retrieval dataset")
+    except UsageError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
-def _group_pairs(pairs: Iterable[tuple[str, str]], root: Path, source: Path) -> CaptionSet:
-    index: dict[str, int] = {}  # image path -> image index, in order of first appearance
+def _from_table(
+    path: Path, images_root: str | os.PathLike | None, image_column: str | None, caption_column: str | None
+) -> CaptionSet:
+    table = read_table(
+        path,
+        [
+            Column.named("image", image_column, IMAGE_COLUMNS, "image_column= (--image-column)"),
+            Column.named("caption", caption_column, CAPTION_COLUMNS, "caption_column= (--caption-column)"),
+        ],
+    )
+    root = Path(images_root) if images_root is not None else table.root
+    index: dict[Path, int] = {}  # image path -> image index, in order of first appearance
     captions, owners = [], []
-    for image, caption in pairs:
-        owners.append(index.setdefault(image, len(index)))
-        captions.append(caption)
-    return CaptionSet([_resolve(root, name) for name in index], captions, owners, source)
+    for row in table.rows:
+        image = table.image_path(row, 0, root)
+        value = row.values[1]
+        for caption in value if isinstance(value, list) else [value]:
+            owners.append(index.setdefault(image, len(index)))
+            captions.append(_caption(caption, f"{table.where(row)}: column {table.columns[1]!r}"))
+    return CaptionSet(list(index), captions, owners, path)
 
 
-def _checked_row(source: Path, where: str, image: object, caption: object) -> tuple[str, str]:
-    if not isinstance(image, str) or not image.strip():
-        raise ValueError(f"{source}, {where}: empty or missing image path")
-    if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"{source}, {where}: empty or missing caption")
-    return image.strip(), caption.strip()
-
-
-def _csv_pairs(path: Path, image_column: str, caption_column: str, delimiter: str) -> list[tuple[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        for column in (image_column, caption_column):
-            if column not in header:
-                raise ValueError(
-                    f"{path}: no column {column!r} in the header {header}; choose the columns with "
-                    "image_column= / caption_column= (--image-column / --caption-column)"
-                )
-        # Line numbers count the header as line 1.
-        return [
-            _checked_row(path, f"line {n}", row[image_column], row[caption_column])
-            for n, row in enumerate(reader, start=2)
-        ]
-
-
-def _jsonl_pairs(path: Path, image_column: str, caption_column: str) -> list[tuple[str, str]]:
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: invalid JSON ({e})") from None
-            if not isinstance(row, dict) or image_column not in row or caption_column not in row:
-                raise ValueError(
-                    f"{path}, line {n}: expected an object with keys {image_column!r} and {caption_column!r}"
-                )
-            captions = row[caption_column] if isinstance(row[caption_column], list) else [row[caption_column]]
-            pairs += [_checked_row(path, f"line {n}", row[image_column], c) for c in captions]
-    return pairs
+def _caption(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f"{where}: empty or missing caption; every row needs one")
+    return value.strip()
 
 
 def _coco(data: dict, root: Path, source: Path) -> CaptionSet:
@@ -343,18 +333,16 @@ def _coco(data: dict, root: Path, source: Path) -> CaptionSet:
     files = []
     for n, image in enumerate(data["images"]):
         if "id" not in image or "file_name" not in image:
-            raise ValueError(f"{source}: images[{n}] needs 'id' and 'file_name'")
+            raise ManifestError(f"{source}: images[{n}] needs 'id' and 'file_name'")
         ids[image["id"]] = n
         files.append(image["file_name"])
     by_image: list[list[str]] = [[] for _ in files]
     for n, ann in enumerate(data["annotations"]):
         if ann.get("image_id") not in ids:
-            raise ValueError(
+            raise ManifestError(
                 f"{source}: annotations[{n}] refers to image_id {ann.get('image_id')!r}, not in 'images'"
             )
-        by_image[ids[ann["image_id"]]].append(
-            _checked_row(source, f"annotations[{n}]", "x", ann.get("caption"))[1]
-        )
+        by_image[ids[ann["image_id"]]].append(_caption(ann.get("caption"), f"{source}: annotations[{n}]"))
     return _from_lists(files, by_image, root, source)
 
 
@@ -366,21 +354,21 @@ def _karpathy(data: dict, root: Path, source: Path, split: str | None) -> Captio
     chosen = [im for im in data["images"] if split is None or im.get("split") == split]
     if not chosen:
         splits = sorted({str(im.get("split")) for im in data["images"]})
-        raise ValueError(f"{source}: no images in split {split!r}; the file has splits {splits}")
+        raise ManifestError(f"{source}: no images in split {split!r}; the file has splits {splits}")
     files, by_image = [], []
     for n, im in enumerate(chosen):
         if "filename" not in im:
-            raise ValueError(f"{source}: image {n} of split {split!r} has no 'filename'")
+            raise ManifestError(f"{source}: image {n} of split {split!r} has no 'filename'")
         files.append(str(Path(im.get("filepath", "")) / im["filename"]))
         by_image.append(
-            [_checked_row(source, f"image {im['filename']}", "x", s.get("raw"))[1] for s in im["sentences"]]
+            [_caption(s.get("raw"), f"{source}: image {im['filename']}") for s in im["sentences"]]
         )
     return _from_lists(files, by_image, root, source)
 
 
 def _from_lists(files: list[str], by_image: list[list[str]], root: Path, source: Path) -> CaptionSet:
     kept = [(f, caps) for f, caps in zip(files, by_image, strict=True) if caps]
-    images = [_resolve(root, f) for f, _ in kept]
+    images = [root / f for f, _ in kept]  # an absolute f replaces root
     captions = [c for _, caps in kept for c in caps]
     owners = [i for i, (_, caps) in enumerate(kept) for _ in caps]
     return CaptionSet(images, captions, owners, source, n_images_without_captions=len(files) - len(kept))
@@ -458,10 +446,7 @@ def _cached_texts(
             return torch.load(path, weights_only=True)
     features = encode_texts(model, tokenize, texts, batch_size=batch_size, device=device, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(features, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(features, path)
     return features
 
 
@@ -477,8 +462,8 @@ def run_retrieval(
     device: str = "cpu",
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 1024,
-    image_column: str = "image",
-    caption_column: str = "caption",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     split: str | None = "test",
     ties: str = "pessimistic",
     progress: bool = True,
