@@ -11,7 +11,7 @@ from cliplab.tokenizer import tokenize
 from cliplab.training import load_config
 from cliplab.training.loop import Trainer
 from cliplab.training.loss import ClipLoss
-from cliplab.training.step import compute_gradients
+from cliplab.training.step import ContrastiveForward, compute_gradients
 
 ATOL = 1e-5
 
@@ -43,7 +43,7 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def full_batch(batch):
     model = micro_model()
-    result = compute_gradients(model, ClipLoss(), *batch, accum_steps=1)
+    result = compute_gradients(ContrastiveForward(model), ClipLoss(), *batch, accum_steps=1)
     return result, gradients(model)
 
 
@@ -51,7 +51,7 @@ def full_batch(batch):
 def test_accumulated_loss_and_gradients_equal_full_batch(batch, full_batch, k):
     reference, ref_grads = full_batch
     model = micro_model()
-    result = compute_gradients(model, ClipLoss(), *batch, accum_steps=k)
+    result = compute_gradients(ContrastiveForward(model), ClipLoss(), *batch, accum_steps=k)
     assert result.finite and reference.finite
     assert result.loss == pytest.approx(reference.loss, abs=ATOL)
     grads = gradients(model)
@@ -85,9 +85,32 @@ def test_nonfinite_loss_writes_no_gradient(batch):
         return ClipLoss()(i, t, s) * float("nan")
 
     for k in (1, 2):
-        result = compute_gradients(model, nan_loss, *batch, accum_steps=k)
+        result = compute_gradients(ContrastiveForward(model), nan_loss, *batch, accum_steps=k)
         assert not result.finite
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_caching_pass_leaves_batchnorm_statistics_alone(batch):
+    """With a ResNet tower, K micro-batches update the running statistics K times (once per
+    recomputation with gradients), exactly as K plain training forwards would; the no-grad caching
+    pass must not add a second update."""
+    images, texts = batch
+    torch.manual_seed(0)
+    model = cliplab.create_model("tiny-rn").train()
+    size = model.config.vision.image_size
+    images = torch.nn.functional.interpolate(images, size=(size, size))
+    texts = tokenize([f"caption {i}" for i in range(16)], context_length=model.context_length)
+    expected = cliplab.create_model("tiny-rn").train()
+    expected.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for chunk in images.chunk(2):
+            expected.encode_image(chunk)
+    compute_gradients(ContrastiveForward(model), ClipLoss(), images, texts, accum_steps=2)
+    bn_buffers = [n for n, _ in model.named_buffers() if "running" in n or "num_batches" in n]
+    assert bn_buffers
+    for name in bn_buffers:
+        torch.testing.assert_close(dict(model.named_buffers())[name], dict(expected.named_buffers())[name],
+                                   atol=1e-6, rtol=1e-5, msg=name)  # fmt: skip
 
 
 def _trainer(tmp_path, accum: int) -> Trainer:

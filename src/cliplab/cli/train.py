@@ -1,4 +1,8 @@
-"""`cliplab train --config FILE [--out DIR] [--resume latest|DIR|FILE] [--key=value ...]`."""
+"""`cliplab train --config FILE [--out DIR] [--resume latest|DIR|FILE] [--key=value ...]`.
+
+Several processes: ``torchrun --nproc_per_node N -m cliplab train ...`` (see the README's "Training
+on several GPUs and machines"); without torchrun the same command trains in one process.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +26,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or one of several started by torchrun (its RANK/WORLD_SIZE/LOCAL_RANK are read here)."""
     from cliplab.training import load_config, train
+    from cliplab.training.distributed import destroy_process_group, from_environment, init_process_group
+    from cliplab.training.loop import training_device
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    placement = from_environment()
+    # Every rank logs its warnings; only rank 0 reports progress.
+    level = logging.INFO if placement.rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(levelname)s [rank {placement.rank}] %(name)s: %(message)s")
     cfg = load_config(_config_path(args), args.overrides)
-    summary = train(
-        cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
-    )
-    print_summary(summary)
+    device = training_device(cfg.device, placement.world_size, placement.local_rank)
+    init_process_group(placement, device, cfg.dist_timeout)
+    try:
+        summary = train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            rank=placement.rank,
+            world_size=placement.world_size,
+            local_rank=placement.local_rank,
+        )
+    finally:
+        destroy_process_group()
+    if placement.rank == 0:
+        print_summary(summary)
     return 130 if summary["interrupted"] else 0
 
 

@@ -56,6 +56,14 @@ class TrainConfig:
     keep_last: int = 2
     max_nonfinite: int = 5  # consecutive NaN/inf losses tolerated (steps skipped) before stopping
     tensorboard: bool = True
+    # zero-shot evaluation sets during training, as `cliplab eval zeroshot --data` takes them (image
+    # folders with classnames/templates, manifests, shards, synthetic:<task>); None: the synthetic
+    # tasks when training on the synthetic set, else no evaluation
+    eval_data: list[str] | None = None
+    # several processes (torchrun): seconds a collective may wait for a peer before the run stops
+    dist_timeout: float = 1800.0
+    sync_batchnorm: bool = False  # ResNet towers on several GPUs: batch statistics over all ranks
+    compile: bool = False  # torch.compile the training forward
 
     def __post_init__(self) -> None:
         self.data = _data_config(self.data)
@@ -96,6 +104,10 @@ class TrainConfig:
             problems.append("train_crop_scale must be (low, high) with 0 < low <= high <= 1")
         if not self.lr > 0 or self.min_lr > self.lr:
             problems.append(f"lr must be > 0 and >= min_lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not self.dist_timeout > 0:
+            problems.append(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if self.eval_data is not None and not all(self.eval_data):
+            problems.append("eval_data entries must be non-empty paths or synthetic:<task>")
         if self.warmup_steps < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
             problems.append("warmup_steps, eval_every and checkpoint_every must be >= 0")
         if problems:
@@ -148,6 +160,12 @@ def _typed(key: str, value: Any, t: Any) -> Any:
                 except ValueError:
                     pass
         raise _type_error(key, value, t)
+    if typing.get_origin(t) is list:
+        (arg,) = typing.get_args(t)
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise _type_error(key, value, t)
+        return [_typed(key, v, arg) for v in items]
     if typing.get_origin(t) is tuple:
         args = typing.get_args(t)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -173,6 +191,8 @@ def _describe(t: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(t))
     if typing.get_origin(t) is tuple:
         return f"a list of {len(typing.get_args(t))} numbers, e.g. [0.9, 0.98]"
+    if typing.get_origin(t) is list:
+        return f"a list of {_describe(typing.get_args(t)[0])}s"
     return _TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
 
 

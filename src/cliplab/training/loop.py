@@ -27,10 +27,11 @@ from ..tokenizer import tokenize
 from ..transforms import PreprocessConfig, image_transform
 from .checkpointing import CheckpointManager, resolve_resume, rng_state, set_rng_state
 from .config import TrainConfig, save_config
+from .distributed import Collective, DistributedError, is_collective_failure, lost_contact
 from .loss import ClipLoss, clamp_logit_scale_
 from .optim import build_optimizer, cosine_lr, set_lr
 from .reporting import MetricsLog, plot_report
-from .step import compute_gradients
+from .step import ContrastiveForward, compute_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -203,21 +204,51 @@ class Trainer:
         overwrite: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        local_rank: int = 0,
         progress: bool = True,
     ):
+        """``rank``/``world_size``/``local_rank``: this process's place in a torchrun job, whose
+        process group the caller has initialised (:mod:`cliplab.training.distributed`)."""
         self.cfg, self.out_dir, self.rank, self.world_size = cfg, Path(out_dir), rank, world_size
         self.is_main = rank == 0
         self.progress = progress and self.is_main
-        # Everything is validated (settings, device, model, data, resume checkpoint) before the run
-        # directory is touched: nothing of a previous run is removed for a run that cannot start.
-        check_run_dir(self.out_dir, resume is not None, overwrite)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = training_device(cfg.device, world_size, local_rank)
+        self.coll = Collective(world_size, self.device)
+        # Everything is validated (settings, model, data, resume checkpoint) on every rank before
+        # the run directory is touched: nothing of a previous run is removed for a run that cannot
+        # start, and no rank waits at a barrier for a rank that failed.
+        error: CliplabError | None = None
+        try:
+            resume_step = self._set_up(resume, overwrite)
+        except CliplabError as exc:
+            error = exc
+        if self.coll.any(error is not None)[0]:
+            if error is not None:
+                raise error
+            raise DistributedError("another rank could not set up the run; its error is printed above")
+        if self.is_main:
+            prepare_run_dir(self.out_dir, resume is not None, overwrite)
+            self.checkpoints.remove_orphans()
+            save_config(cfg, self.out_dir / "config.yaml")
+        self.coll.barrier()  # the others start once the run directory is ready
+        self.metrics = (
+            MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
+        )
+        self.forward = self._wrap(ContrastiveForward(self.model))
+        self.last_eval: dict[str, float] = {}
+
+    def _set_up(self, resume: str | None, overwrite: bool) -> int | None:
+        """Build and check everything the run needs, reading files only; returns the resumed step."""
+        cfg, rank = self.cfg, self.rank
+        check_run_dir(self.out_dir, resume is not None, overwrite)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise UsageError(
                 "precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU"
             )
+        if cfg.sync_batchnorm and self.world_size > 1 and self.device.type != "cuda":
+            raise UsageError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
 
         self.model, self.preprocess_cfg = build_training_model(cfg)
         self.model.to(self.device).train()
@@ -226,7 +257,7 @@ class Trainer:
         self.model.set_grad_checkpointing(cfg.grad_checkpointing)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-        self.loss_fn = ClipLoss(rank=rank, world_size=world_size)
+        self.loss_fn = ClipLoss(rank=rank, world_size=self.world_size)
         self.train_transform = image_transform(
             self.preprocess_cfg, train=True, crop_scale=cfg.train_crop_scale
         )
@@ -244,20 +275,50 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + rank)
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.num_batches
-        if self.is_main:
-            prepare_run_dir(self.out_dir, resume is not None, overwrite)
-            self.checkpoints.remove_orphans()
-            save_config(cfg, self.out_dir / "config.yaml")
-        self.metrics = (
-            MetricsLog(self.out_dir, cfg.tensorboard and self.is_main, resume_step) if self.is_main else None
-        )
-        self.evaluator = None
-        if cfg.eval_every and self.is_main:
+        self.evaluator = self._evaluator() if self.is_main else None
+        return resume_step
+
+    def _evaluator(self):
+        """The user's ``eval_data``, else the synthetic tasks when training on the synthetic set."""
+        cfg = self.cfg
+        if not cfg.eval_every:
+            return None
+        eval_tf = image_transform(self.preprocess_cfg)
+        if cfg.eval_data:
+            from .zeroshot_eval import DatasetZeroShot
+
+            return DatasetZeroShot(cfg.eval_data, eval_tf)
+        if cfg.data.source == "synthetic":
             from .zeroshot_eval import SyntheticZeroShot
 
-            eval_tf = image_transform(self.preprocess_cfg)
-            self.evaluator = SyntheticZeroShot(eval_tf, self.preprocess_cfg.image_size, cfg.eval_per_class)
-        self.last_eval: dict[str, float] = {}
+            return SyntheticZeroShot(eval_tf, self.preprocess_cfg.image_size, cfg.eval_per_class)
+        return None
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether evaluations happen (the same answer on every rank, from the settings alone)."""
+        cfg = self.cfg
+        return bool(cfg.eval_every and (cfg.eval_data or cfg.data.source == "synthetic"))
+
+    def _wrap(self, forward: ContrastiveForward) -> torch.nn.Module:
+        """DistributedDataParallel (several processes), SyncBatchNorm and torch.compile as configured."""
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.cfg.sync_batchnorm:
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(forward)
+            cuda = self.device.type == "cuda"
+            try:
+                forward = DistributedDataParallel(
+                    forward,
+                    device_ids=[self.device.index] if cuda else None,
+                    output_device=self.device.index if cuda else None,
+                )
+            except (RuntimeError, torch.distributed.DistBackendError) as exc:
+                raise lost_contact(exc) from None
+        if self.cfg.compile:
+            forward = torch.compile(forward)
+        return forward
 
     def _loader(self, epoch: int, start_batch: int):
         return build_train_loader(
@@ -289,9 +350,13 @@ class Trainer:
         }
 
     def save_checkpoint(self, is_best: bool = False) -> Path | None:
+        """Every rank calls this (its RNG state is gathered); rank 0 writes the file."""
+        rngs = self.coll.all_gather(rng_state())
         if not self.is_main:
             return None
-        return self.checkpoints.save(self._checkpoint_state(), self.state.step, is_best=is_best)
+        state = self._checkpoint_state()
+        state["rng_per_rank"] = rngs
+        return self.checkpoints.save(state, self.state.step, is_best=is_best)
 
     def _restore(self, path: Path, ckpt: dict[str, Any]) -> int:
         self._check_resumable(path, ckpt)
@@ -305,7 +370,7 @@ class Trainer:
             ) from None
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt.get("rng_per_rank", [ckpt["rng"]])[self.rank])
         self.state = RunState(**ckpt["run"])
         if self.state.next_batch >= self.num_batches:  # saved at the very end of an epoch
             self.state.epoch, self.state.next_batch = self.state.epoch + 1, 0
@@ -352,8 +417,16 @@ class Trainer:
         set_lr(self.optimizer, lr)
         batch = batch.to(self.device, non_blocking=True)
         result = compute_gradients(
-            self.model, self.loss_fn, batch.images, batch.texts, cfg.accum_steps, cfg.precision, self.scaler
+            self.forward,
+            self.loss_fn,
+            batch.images,
+            batch.texts,
+            cfg.accum_steps,
+            cfg.precision,
+            self.scaler,
+            agree=self.coll.all,
         )
+        result.loss = self.coll.mean(result.loss)  # the global batch's loss, the same on every rank
         grad_norm = None
         if result.finite and cfg.grad_clip is not None:
             if self.scaler is not None:
@@ -419,48 +492,49 @@ class Trainer:
         )
         t0, samples0, interrupted = time.perf_counter(), st.samples_seen, False
         window: list[float] = []
-        with StopFlag() as stop:
-            while st.step < self.total_steps and not interrupted:
-                if stop.requested:
-                    interrupted = True
-                    self.save_checkpoint()
-                    break
-                yielded = 0
-                for batch in self._loader(st.epoch, st.next_batch):
-                    yielded += 1
-                    self._record_skips(batch)
-                    record = self.train_step(batch) if len(batch) else None
-                    if not len(batch):
-                        st.empty_batches += 1
-                    st.step += 1
-                    st.next_batch = batch.position + 1
-                    if st.next_batch >= self.num_batches:
-                        st.epoch, st.next_batch = st.epoch + 1, 0
-                    bar.update(1)
-                    if record is not None:
-                        window = (window + [record["loss"]])[-50:]
-                        rate = (st.samples_seen - samples0) / max(1e-9, time.perf_counter() - t0)
-                        bar.set_postfix(
-                            loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", samples_s=f"{rate:.0f}"
-                        )
-                        if self.is_main and (st.step % cfg.log_every == 0 or st.step == self.total_steps):
-                            self.metrics.log(
-                                {
-                                    "kind": "train",
-                                    "step": st.step,
-                                    "epoch": st.epoch,
-                                    "samples_per_s": rate,
-                                    **record,
-                                }
-                            )
-                    self._periodic(final=st.step >= self.total_steps)
-                    if stop.requested:
+        try:
+            with StopFlag() as stop:
+                while st.step < self.total_steps and not interrupted:
+                    if self.coll.any(stop.requested)[0]:
                         interrupted = True
                         self.save_checkpoint()
-                    if st.step >= self.total_steps or interrupted:
                         break
-                if yielded == 0:
-                    self._end_of_data()
+                    yielded = 0
+                    batches = iter(self._loader(st.epoch, st.next_batch))
+                    while True:
+                        batch = next(batches, None)
+                        # Every rank leaves the epoch together when any rank's stream ends, and
+                        # skips a step together when any rank's batch came out short.
+                        ended, short = self.coll.any(batch is None, batch is None or self._short(batch))
+                        if ended:
+                            break
+                        yielded += 1
+                        record = self._step_on(batch, short)
+                        bar.update(1)
+                        if record is not None:
+                            window = (window + [record["loss"]])[-50:]
+                            rate = (st.samples_seen - samples0) / max(1e-9, time.perf_counter() - t0)
+                            bar.set_postfix(
+                                loss=f"{record['loss']:.3f}",
+                                lr=f"{record['lr']:.2e}",
+                                samples_s=f"{rate:.0f}",
+                            )
+                            if self.is_main and (st.step % cfg.log_every == 0 or st.step == self.total_steps):
+                                self.metrics.log(
+                                    {"kind": "train", "step": st.step, "epoch": st.epoch, "samples_per_s": rate, **record}
+                                )  # fmt: skip
+                        self._periodic(final=st.step >= self.total_steps)
+                        if self.coll.any(stop.requested)[0]:
+                            interrupted = True
+                            self.save_checkpoint()
+                        if st.step >= self.total_steps or interrupted:
+                            break
+                    if yielded == 0 and not interrupted:
+                        self._end_of_data()
+        except Exception as exc:
+            if self.coll.active and not isinstance(exc, CliplabError) and is_collective_failure(exc):
+                raise lost_contact(exc) from None
+            raise
         bar.close()
         elapsed = time.perf_counter() - t0
         summary = self._summary(elapsed, window, interrupted, st.samples_seen - samples0)
@@ -471,6 +545,23 @@ class Trainer:
             plot_report(self.metrics.path, self.out_dir / "report.png", chance)
             self.metrics.close()
         return summary
+
+    def _short(self, batch) -> bool:
+        """A batch that cannot be trained on: empty, or (several ranks) not the full per-rank size."""
+        return len(batch) == 0 or (self.coll.active and len(batch) != self.cfg.batch_size)
+
+    def _step_on(self, batch, skip: bool) -> dict[str, float] | None:
+        """Train on ``batch`` (unless every rank agreed to skip it) and advance the data position."""
+        st = self.state
+        self._record_skips(batch)
+        record = None if skip else self.train_step(batch)
+        if skip:
+            st.empty_batches += 1
+        st.step += 1
+        st.next_batch = batch.position + 1
+        if st.next_batch >= self.num_batches:
+            st.epoch, st.next_batch = st.epoch + 1, 0
+        return record
 
     def _end_of_data(self) -> None:
         """A pass over the data from the saved position yielded nothing: move on, or stop with an error.
@@ -492,11 +583,13 @@ class Trainer:
     def _periodic(self, final: bool) -> None:
         cfg, st = self.cfg, self.state
         is_best = False
-        if self.evaluator is not None and (final or st.step % cfg.eval_every == 0):
-            results = self.evaluate()
-            mean = sum(results.values()) / len(results)
-            is_best = mean > st.best_score
-            st.best_score = max(st.best_score, mean)
+        if self.evaluates and (final or st.step % cfg.eval_every == 0):
+            if self.is_main:  # the other ranks wait in the broadcast below
+                results = self.evaluate()
+                mean = sum(results.values()) / len(results)
+                is_best = mean > st.best_score
+                st.best_score = max(st.best_score, mean)
+            is_best = self.coll.broadcast(is_best)
         if final or is_best or (cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0):
             self.save_checkpoint(is_best=is_best)
 
@@ -539,6 +632,14 @@ class Trainer:
 def train(cfg: TrainConfig, out_dir: str | Path, **kwargs) -> dict[str, Any]:
     """Run training to completion (or interruption); returns the summary also written to summary.json."""
     return Trainer(cfg, Path(out_dir), **kwargs).run()
+
+
+def training_device(name: str, world_size: int, local_rank: int) -> torch.device:
+    """The configured device; with several processes on GPUs, this process's own ``cuda:LOCAL_RANK``."""
+    device = resolve_device(name)
+    if world_size > 1 and device.type == "cuda" and device.index is None:
+        device = resolve_device(f"cuda:{local_rank}")
+    return device
 
 
 def _dotted(d: dict[str, Any], key: str) -> Any:

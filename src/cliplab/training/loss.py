@@ -3,14 +3,22 @@
 For a batch of N pairs the logits are ``scale * I @ T.T``; row i's correct class is column i, and
 the loss averages the image->text and text->image cross-entropies (the paper's Figure 3).
 
-Distributed settings arrive as arguments (never read from the environment): with ``world_size > 1``
-the features of every rank are gathered so each rank computes the loss over the global batch.
+Distributed settings arrive as arguments (never read from the environment). With ``world_size > 1``
+every rank's features are all-gathered *with gradients* and each rank scores its own rows against
+every column of the global batch. Why that is exact: rank r's loss ``L_r`` is the mean over its n
+rows, so the global loss is ``L = mean_r L_r``. The differentiable all-gather sends back to rank r
+the gradient of ``sum_r' L_r'`` with respect to r's features (its backward sums over ranks), and
+DistributedDataParallel averages parameter gradients over ranks, which gives ``dL/dtheta`` exactly;
+``logit_scale`` enters every ``L_r`` directly and its averaged gradient is ``dL/dscale`` too.
+
+A gather without gradients (open_clip's ``gather_with_grad=False``) is not offered: combined with
+the local loss it loses the column terms other ranks compute for this rank's features, and made
+exact it costs the full N x N logits on every rank. One exact mode is simpler.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,25 +31,13 @@ def clamp_logit_scale_(logit_scale: nn.Parameter, max_scale: float = MAX_LOGIT_S
         logit_scale.clamp_(0, float(torch.log(torch.tensor(max_scale))))
 
 
-def gather_features(
-    features: torch.Tensor, rank: int, world_size: int, with_grad: bool = True
-) -> torch.Tensor:
-    """Concatenate ``features`` from all ranks in rank order.
-
-    With ``with_grad`` the gradient flows back to every rank's features (torch.distributed.nn);
-    otherwise only the local slice keeps its graph, which gives the same gradients for the local
-    parameters once every rank's loss is summed (the usual "local gradient" trick).
-    """
+def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate ``features`` from all ranks in rank order; gradients flow back to every rank."""
     if world_size == 1:
         return features
-    if with_grad:
-        import torch.distributed.nn  # noqa: F401  (registers the differentiable all_gather)
+    import torch.distributed.nn  # noqa: F401  (registers the differentiable all_gather)
 
-        return torch.cat(torch.distributed.nn.all_gather(features), dim=0)
-    parts = [torch.empty_like(features) for _ in range(world_size)]
-    dist.all_gather(parts, features.detach())
-    parts[rank] = features
-    return torch.cat(parts, dim=0)
+    return torch.cat(torch.distributed.nn.all_gather(features), dim=0)
 
 
 class ClipLoss(nn.Module):
@@ -50,15 +46,15 @@ class ClipLoss(nn.Module):
     ``logit_scale`` is the log of the inverse temperature (the model's parameter, not its exp).
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, gather_with_grad: bool = True):
+    def __init__(self, rank: int = 0, world_size: int = 1):
         super().__init__()
-        self.rank, self.world_size, self.gather_with_grad = rank, world_size, gather_with_grad
+        self.rank, self.world_size = rank, world_size
 
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
     ) -> torch.Tensor:
-        all_image = gather_features(image_features, self.rank, self.world_size, self.gather_with_grad)
-        all_text = gather_features(text_features, self.rank, self.world_size, self.gather_with_grad)
+        all_image = gather_features(image_features, self.world_size)
+        all_text = gather_features(text_features, self.world_size)
         scale = logit_scale.exp()
         n = image_features.shape[0]
         # This rank's rows against every rank's columns; labels are this rank's offset in the global batch.
