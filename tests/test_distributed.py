@@ -89,8 +89,9 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(one_process, tmp_path,
 
 
 def test_only_rank_0_writes_and_checkpoints_hold_every_ranks_rng(tmp_path):
+    """Also: periodic evaluation on rank 0, with the other rank waiting, ends without deadlock."""
     out = tmp_path / "ddp"
-    run(torchrun(out, "--batch_size=8", "--steps=2"))
+    run(torchrun(out, "--batch_size=8", "--steps=2", "--eval_every=1", "--eval_per_class=1"))
     ckpt = load_training_checkpoint(out / "checkpoints" / "step_0000002.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
     # rank r seeded its RNG with seed + r, so the two states differ
@@ -99,7 +100,8 @@ def test_only_rank_0_writes_and_checkpoints_hold_every_ranks_rng(tmp_path):
         "checkpoints", "config.yaml", "final", "metrics.jsonl", "report.png", "summary.json",
     ]  # fmt: skip
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in records] == [1, 2], "metrics are written once, by rank 0"
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
+    assert set(json.loads((out / "summary.json").read_text())["zeroshot"]) >= {"colour", "shape"}
 
 
 def test_sigkilled_two_process_run_resumes_bitwise(tmp_path):

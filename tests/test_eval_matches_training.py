@@ -41,3 +41,37 @@ def test_eval_cli_reproduces_training_accuracy(trained_run, tmp_path, task):
     assert n == 6 * len(result["per_class_recall"])
     # Identical pixels, preprocessing and prompts: equal up to float summation order across batch sizes.
     assert abs(result["top1"] - logged) <= 1.0 / n + 1e-9
+
+
+def test_training_evaluates_the_users_own_data(trained_run, tmp_path):
+    """With ``eval_data``, periodic evaluation scores the user's sets (not the synthetic tasks), and
+    `cliplab eval zeroshot` on the same folder prints the accuracy the run logged."""
+    data = tmp_path / "mine"
+    assert main(["data", "tasks", "--out", str(data), "--image-size", "32", "--per-class", "4",
+                 "--tasks", "colour", "count", "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "run"
+    code = main([
+        "train", "--out", str(out), "--no-progress", "--model=micro", "--steps=4", "--batch_size=16",
+        "--data.workers=0", "--data.synthetic_size=64", "--eval_every=2", "--warmup_steps=1",
+        "--tensorboard=false", f"--eval_data=[{data / 'colour'},{data / 'count'}]",
+    ])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["zeroshot"]) == {"colour", "count"}
+    assert summary["zeroshot"]["count"]["chance"] == 0.25
+    result_path = tmp_path / "count.json"
+    assert main(["eval", "zeroshot", "--model", str(out / "final"), "--data", str(data / "count"),
+                 "--json", str(result_path), "--workers", "0", "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(result_path.read_text())["top1"] == summary["zeroshot"]["count"]["top1"]
+
+
+def test_training_on_a_manifest_without_eval_data_does_not_evaluate(tmp_path):
+    from cliplab.data.synthetic import SyntheticCaptions
+    from cliplab.data.writers import write_files
+
+    manifest = write_files(SyntheticCaptions(16, image_size=32), tmp_path / "data", progress=False)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--no-progress", "--model=micro", "--steps=2", "--batch_size=8",
+                 "--data.workers=0", "--data.source=manifest", f"--data.path={manifest}", "--eval_every=1",
+                 "--tensorboard=false"]) == 0  # fmt: skip
+    assert json.loads((out / "summary.json").read_text())["zeroshot"] == {}

@@ -57,3 +57,30 @@ def test_train_from_webdataset_shards(tmp_path):
                   "--data.synthetic_size=100000", "--steps=4")  # fmt: skip
     assert summary["steps"] == 4 and summary["skipped_samples"] == 0
     assert summary["samples_seen"] == 4 * 8
+
+
+def test_sync_batchnorm_needs_cuda_with_several_processes(tmp_path, monkeypatch):
+    """SyncBatchNorm runs on GPUs only: a CPU run over several processes is refused before it starts
+    (checked without a process group: the refusal comes before any collective)."""
+    from cliplab.errors import UsageError
+    from cliplab.training import load_config
+    from cliplab.training.loop import Trainer
+
+    cfg = load_config(None, [*BASE[1:], "--sync_batchnorm=true", "--steps=1"])
+    with pytest.raises(UsageError, match="sync_batchnorm needs CUDA"):
+        Trainer(cfg, tmp_path / "r", rank=0, world_size=2, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_like_the_eager_one(tmp_path):
+    """torch.compile (inductor on CPU) gives the same losses as eager execution, to float tolerance."""
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        assert (
+            main(["train", "--out", str(out), *BASE, "--steps=3", f"--compile={flag}", "--eval_every=0"]) == 0
+        )
+        runs[flag] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                      if r["kind"] == "train"]  # fmt: skip
+    assert runs["true"] == pytest.approx(runs["false"], abs=1e-4)

@@ -216,6 +216,11 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = training_device(cfg.device, world_size, local_rank)
         self.coll = Collective(world_size, self.device)
+        # settings-only checks: the same answer on every rank, so no agreement is needed
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise UsageError("precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
+        if cfg.sync_batchnorm and world_size > 1 and self.device.type != "cuda":
+            raise UsageError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
         # Everything is validated (settings, model, data, resume checkpoint) on every rank before
         # the run directory is touched: nothing of a previous run is removed for a run that cannot
         # start, and no rank waits at a barrier for a rank that failed.
@@ -243,12 +248,6 @@ class Trainer:
         """Build and check everything the run needs, reading files only; returns the resumed step."""
         cfg, rank = self.cfg, self.rank
         check_run_dir(self.out_dir, resume is not None, overwrite)
-        if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise UsageError(
-                "precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU"
-            )
-        if cfg.sync_batchnorm and self.world_size > 1 and self.device.type != "cuda":
-            raise UsageError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
 
         self.model, self.preprocess_cfg = build_training_model(cfg)
         self.model.to(self.device).train()
