@@ -137,3 +137,19 @@ def test_run_linear_probe_on_micro_model_features(tmp_path):
     other = InMemoryDataset(*_colour_images(6, seed=1), ["r", "g", "b"], preprocess, name="test")
     with pytest.raises(ValueError, match="name their classes differently"):
         run_linear_probe(model, preprocess, train, other, **kwargs)
+
+
+def test_run_linear_probe_defaults_to_the_model_device():
+    from test_zeroshot import ModelElsewhere  # parameters on 'meta'; records where its inputs went
+
+    from cliplab.evaluation.datasets import InMemoryDataset
+    from cliplab.transforms import image_transform
+
+    model, names = ModelElsewhere(), ["red", "green", "blue"]
+    train = InMemoryDataset(*_colour_images(4, seed=0), names, image_transform(32), name="train")
+    test = InMemoryDataset(*_colour_images(2, seed=1), names, image_transform(32), name="test")
+    result = run_linear_probe(
+        model, None, train, test, batch_size=8, workers=0, c_grid=[1.0], n_jobs=1, progress=False
+    )
+    assert result["n_test"] == 6
+    assert len(model.seen) == 3 and set(model.seen) == {("image", torch.device("meta"))}

@@ -202,13 +202,9 @@ def test_unknown_json_layout(tmp_path):
         load_captions(path)
 
 
-def test_run_retrieval_skips_unreadable_images_and_caches(tmp_path):
+def _captions_folder(tmp_path):
+    """Three coloured images, one unreadable file, and a JSONL of six captions (two for the bad file)."""
     from PIL import Image
-
-    from cliplab.evaluation.retrieval import run_retrieval
-    from cliplab.models import build_model, get_config
-    from cliplab.tokenizer import tokenize
-    from cliplab.transforms import image_transform
 
     (tmp_path / "imgs").mkdir()
     for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
@@ -225,21 +221,60 @@ def test_run_retrieval_skips_unreadable_images_and_caches(tmp_path):
     (tmp_path / "caps.jsonl").write_text(
         "".join(json.dumps({"image": p, "caption": c}) + "\n" for p, c in rows)
     )
+    return tmp_path / "caps.jsonl", tmp_path / "imgs"
+
+
+def test_run_retrieval_skips_unreadable_images_and_caches(tmp_path):
+    from cliplab.evaluation.retrieval import run_retrieval
+    from cliplab.models import build_model, get_config
+    from cliplab.tokenizer import tokenize
+    from cliplab.transforms import image_transform
+
+    captions, images_root = _captions_folder(tmp_path)
     torch.manual_seed(0)
     model = build_model(get_config("micro")).eval()
     kwargs = dict(
-        images_root=tmp_path / "imgs",
+        images_root=images_root,
         batch_size=2,
         workers=0,
         cache_dir=tmp_path / "cache",
         chunk_size=2,
         progress=False,
     )
-    result = run_retrieval(model, image_transform(32), tokenize, tmp_path / "caps.jsonl", **kwargs)
+    result = run_retrieval(model, image_transform(32), tokenize, captions, **kwargs)
     assert (result["n_images"], result["n_texts"]) == (3, 4)
     assert result["n_skipped"] == 1 and result["n_captions_dropped"] == 2
-    assert result["skipped"] == [str(tmp_path / "imgs" / "bad.png")]
+    assert result["skipped"] == [str(images_root / "bad.png")]
     assert 0.0 <= result["image_to_text_recall@1"] <= 1.0 and result["text_to_image_recall@10"] == 1.0
     cached = sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir())
     assert cached == ["images", "texts"]
-    assert run_retrieval(model, image_transform(32), tokenize, tmp_path / "caps.jsonl", **kwargs) == result
+    assert run_retrieval(model, image_transform(32), tokenize, captions, **kwargs) == result
+
+
+def test_retrieval_defaults_to_the_model_device(tmp_path, monkeypatch):
+    from test_zeroshot import ModelElsewhere  # parameters on 'meta'; records where its inputs went
+
+    from cliplab.evaluation import retrieval
+    from cliplab.tokenizer import tokenize
+    from cliplab.transforms import image_transform
+
+    meta = torch.device("meta")
+    model = ModelElsewhere()
+    retrieval.encode_texts(model, tokenize, ["a", "b", "c"], batch_size=2, progress=False)
+    assert model.seen == [("text", meta), ("text", meta)]
+
+    # Meta tensors hold no values to score, so the recall computation only reports where it ran.
+    scored_on = []
+
+    def where(image_features, text_features, text_to_image, **kwargs):
+        scored_on.extend([image_features.device, text_features.device])
+        return {}
+
+    monkeypatch.setattr(retrieval, "retrieval_metrics", where)
+    captions, images_root = _captions_folder(tmp_path)
+    model.seen.clear()
+    retrieval.run_retrieval(
+        model, image_transform(32), tokenize, captions, images_root=images_root, workers=0, progress=False
+    )
+    assert {kind for kind, _ in model.seen} == {"image", "text"}
+    assert {device for _, device in model.seen} == {meta} and scored_on == [meta, meta]

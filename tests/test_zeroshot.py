@@ -89,6 +89,58 @@ def test_model_mode_restored(micro):
     micro.eval()
 
 
+class ModelElsewhere(torch.nn.Module):
+    """A stand-in CLIP whose parameters live on the 'meta' device, as a CUDA model's live on 'cuda'.
+
+    It records the device of every batch it is given and answers with random CPU features. An
+    entry point that follows the model's device sends its inputs to 'meta'; one that defaults to
+    'cpu' (this machine has no GPU to tell the two apart otherwise) sends them to the CPU.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.config = get_config("micro")
+        self.context_length = self.config.text.context_length
+        self.weight = torch.nn.Parameter(torch.empty(self.config.embed_dim, device="meta"))
+        self.seen: list[tuple[str, torch.device]] = []
+
+    def encode_image(self, images, normalize=False):
+        self.seen.append(("image", images.device))
+        return F.normalize(torch.randn(images.shape[0], self.config.embed_dim), dim=-1)
+
+    def encode_text(self, tokens, normalize=False):
+        self.seen.append(("text", tokens.device))
+        return F.normalize(torch.randn(tokens.shape[0], self.config.embed_dim), dim=-1)
+
+
+def test_classifier_features_and_zero_shot_evaluation_default_to_the_model_device():
+    from PIL import Image
+
+    from cliplab.evaluation import InMemoryDataset, evaluate_zero_shot, extract_image_features
+    from cliplab.transforms import image_transform
+
+    meta = torch.device("meta")
+    model = ModelElsewhere()
+    build_zero_shot_classifier(model, tokenize, ["dog", "cat"], ["a {}."], progress=False)
+    assert model.seen == [("text", meta)]
+
+    images = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)]
+    dataset = InMemoryDataset(images, [0, 1, 0, 1], ["dog", "cat"], image_transform(32))
+    model.seen.clear()
+    extract_image_features(model, dataset, workers=0, progress=False)
+    assert model.seen == [("image", meta)]
+
+    model.seen.clear()
+    result = evaluate_zero_shot(model, tokenize, dataset, None, ["a {}."], workers=0, progress=False)
+    assert result["n_images"] == 4
+    assert {kind for kind, _ in model.seen} == {"image", "text"}
+    assert {device for _, device in model.seen} == {meta}
+
+    model.seen.clear()  # an explicit device still wins
+    evaluate_zero_shot(model, tokenize, dataset, None, ["a {}."], workers=0, device="cpu", progress=False)
+    assert {device for _, device in model.seen} == {torch.device("cpu")}
+
+
 def test_format_prompt():
     assert format_prompt("a photo of a {}.", "dog") == "a photo of a dog."
     assert format_prompt("a {c} and {c}", "cat") == "a cat and cat"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import atomic_write
+from ..zeroshot.classifier import model_device
 
 CACHE_FORMAT = "cliplab-features-v1"
 
@@ -206,7 +207,7 @@ def extract_image_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     workers = default_workers() if workers is None else workers
     if cache_path is None:
         return _compute(model, dataset, batch_size, workers, device, progress)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..zeroshot.classifier import model_device
 
 # log10(C) of the coarse grid and the finest step of the refinement (8 steps per decade).
 COARSE_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
@@ -215,7 +216,7 @@ def run_linear_probe(
     *,
     batch_size: int = 64,
     workers: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
@@ -231,8 +232,11 @@ def run_linear_probe(
     features go through the shared cache of :func:`~cliplab.evaluation.features.extract_image_features`
     (keyed by model weights, samples and transform), so a zero-shot run on the same split reuses them. Returns
     :func:`linear_probe`'s result plus the numbers of unreadable images skipped in each split.
+    ``device`` defaults to the model's.
     """
     from .features import extract_image_features
+
+    device = model_device(model, device)
 
     train, test = _open(train_data, preprocess, "train_data"), _open(test_data, preprocess, "test_data")
     train_names, test_names = getattr(train, "classnames", None), getattr(test, "classnames", None)

@@ -42,6 +42,7 @@ from ..data.manifest import (
 from ..errors import UsageError
 from ..fileio import atomic_torch_save, read_text
 from ..transforms import load_image
+from ..zeroshot.classifier import model_device
 from .datasets import ClassificationDataset, Transform, file_keys
 
 TIES = ("pessimistic", "optimistic")
@@ -406,12 +407,16 @@ def encode_texts(
     texts: Sequence[str],
     *,
     batch_size: int = 256,
-    device: str = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """L2-normalised float32 text features [len(texts), D], truncating captions to the model's context."""
+    """L2-normalised float32 text features [len(texts), D], truncating captions to the model's context.
+
+    ``device`` defaults to the model's.
+    """
     from tqdm.auto import tqdm
 
+    device = model_device(model, device)
     context_length = model.config.text.context_length
     chunks = [torch.empty(0, model.config.embed_dim)]
     was_training = model.training
@@ -431,7 +436,13 @@ def encode_texts(
 
 
 def _cached_texts(
-    model, tokenize, texts: list[str], cache_dir: Path | None, batch_size: int, device: str, progress: bool
+    model,
+    tokenize,
+    texts: list[str],
+    cache_dir: Path | None,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
 ) -> torch.Tensor:
     # Keyed like the image-feature cache: model weights, then the captions and the context length.
     path = None
@@ -459,7 +470,7 @@ def run_retrieval(
     images_root: str | os.PathLike | None = None,
     batch_size: int = 64,
     workers: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 1024,
     image_column: str | None = None,
@@ -473,9 +484,12 @@ def run_retrieval(
     Returns :func:`retrieval_metrics` (``n_images`` and ``n_texts`` count what was scored) plus
     ``n_skipped`` unreadable images (their captions dropped: ``n_captions_dropped``) and up to ten
     ``skipped`` files. With ``cache_dir``, image and text features are cached there under keys that
-    include the model's weights, so one folder may serve several models.
+    include the model's weights, so one folder may serve several models. ``device`` (default: the
+    model's) runs both towers and the recall computation.
     """
     from .features import extract_image_features
+
+    device = model_device(model, device)
 
     captions = load_captions(
         data_path,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..zeroshot.classifier import build_zero_shot_classifier, zero_shot_logits
+from ..zeroshot.classifier import build_zero_shot_classifier, model_device, zero_shot_logits
 from ..zeroshot.prompts import Template
 from .features import extract_image_features
 from .metrics import CONFUSION_PNG_MAX_CLASSES, classification_metrics, confusion_matrix, predict
@@ -39,7 +39,8 @@ def evaluate_zero_shot(
     are skipped and reported. Returns the metrics of ``classification_metrics`` (``top1``,
     ``top5``, ``mean_per_class_recall``, ``per_class_recall``...) plus ``n_images`` (images scored),
     ``n_skipped``, ``skipped`` (their files), ``n_templates`` and, for up to 50 classes,
-    ``confusion_matrix`` (rows true class, columns predicted; counts).
+    ``confusion_matrix`` (rows true class, columns predicted; counts). ``device`` defaults to the
+    model's.
     """
     if classnames is None:
         classnames = getattr(dataset, "classnames", None)
@@ -49,6 +50,7 @@ def evaluate_zero_shot(
     n_data_classes = len(getattr(dataset, "classnames", names))
     if len(names) != n_data_classes:
         raise UsageError(f"{len(names)} class names given but the dataset has {n_data_classes} classes")
+    device = model_device(model, device)
     features, labels, skipped = extract_image_features(
         model,
         dataset,

@@ -218,7 +218,9 @@ class Trainer:
         self.coll = Collective(world_size, self.device)
         # settings-only checks: the same answer on every rank, so no agreement is needed
         if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise UsageError("precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
+            raise UsageError(
+                "precision=fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU"
+            )
         if cfg.sync_batchnorm and world_size > 1 and self.device.type != "cuda":
             raise UsageError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)")
         # Everything is validated (settings, model, data, resume checkpoint) on every rank before
@@ -361,11 +363,19 @@ class Trainer:
         self._check_resumable(path, ckpt)
         try:
             self.model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UsageError(
+                f"--resume {path}: the checkpoint's weights do not fit this run's model "
+                f"({str(exc).splitlines()[0][:200]}); resume with the run's own config.yaml"
+            ) from None
+        try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UsageError(
-                f"--resume {path}: the checkpoint does not fit this run's model or optimiser "
-                f"({str(exc).splitlines()[0][:200]}); resume with the run's own config.yaml"
+                f"--resume {path}: the optimiser state does not fit this run's parameter groups "
+                f"({str(exc).splitlines()[0][:200]}). Checkpoints written before cliplab decayed "
+                "embeddings (the paper's weight decay) group parameters differently: finish that run "
+                f"with the version that started it, or start a new run from its weights with --pretrained={path}"
             ) from None
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

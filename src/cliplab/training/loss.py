@@ -18,6 +18,8 @@ exact it costs the full N x N logits on every rank. One exact mode is simpler.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,13 @@ def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
         return features
     import torch.distributed.nn  # noqa: F401  (registers the differentiable all_gather)
 
-    return torch.cat(torch.distributed.nn.all_gather(features), dim=0)
+    # torch 2.13 marks this autograd all_gather deprecated in favour of a private functional API
+    # whose backward needs reduce-scatter, which gloo lacks; this one works on every backend and
+    # every torch >= 2.1 (its backward sums the gradients over ranks with all-to-all).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = torch.distributed.nn.all_gather(features)
+    return torch.cat(parts, dim=0)
 
 
 class ClipLoss(nn.Module):

@@ -1,4 +1,4 @@
-"""AdamW with the paper's exclusions, and the warm-up + cosine learning-rate schedule."""
+"""AdamW with the paper's weight-decay exclusions, and the warm-up + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -7,22 +7,39 @@ import math
 import torch
 from torch import nn
 
+# Layers whose ``weight`` is a gain (a per-channel scale), not a weight matrix.
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decoupled weight decay on weight matrices only.
+    """Two AdamW groups: decoupled weight decay on all weights that are not gains or biases.
 
-    Gains and biases (every 1-d tensor: LayerNorm/BatchNorm weights, biases), embeddings (token,
-    positional, class) and ``logit_scale`` are excluded, as in the paper.
+    The paper (section 2.5) decays "all weights that are not gains or biases". Gains are the
+    weights of normalisation layers (LayerNorm, BatchNorm, GroupNorm); biases are parameters named
+    ``bias`` or ``*_bias`` (``attn.in_proj_bias``). Everything else is decayed, including the
+    token, positional and class embeddings: they are weights, and the paper names no exception for
+    them (open_clip excludes them; cliplab follows the paper).
+
+    One departure: ``logit_scale`` is not decayed. It is a scalar log temperature, clamped to
+    [0, log 100] after every step, and decay would pull it towards 0, i.e. the temperature towards
+    1 (logits no sharper than cosine similarities), against what the loss learns. The paper does not
+    say whether it was decayed; open_clip leaves it out too.
+
+    Frozen parameters (``requires_grad=False``) are left out of both groups; a parameter shared by
+    several modules is listed once.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_embedding = "embedding" in name.rsplit(".", 1)[-1] or name.endswith("token_embedding.weight")
-        if p.ndim < 2 or is_embedding or name == "logit_scale":
-            no_decay.append(p)
-        else:
-            decay.append(p)
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_gain = isinstance(module, NORM_LAYERS)
+            is_bias = name == "bias" or name.endswith("_bias")
+            if is_gain or is_bias or name == "logit_scale":
+                no_decay.append(p)
+            else:
+                decay.append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

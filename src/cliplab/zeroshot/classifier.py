@@ -8,6 +8,7 @@ are the columns of the classifier; an image's logits are ``logit_scale * normali
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -46,8 +47,18 @@ def class_prompts(
     return per_class
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def model_device(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means the device ``model``'s parameters are on.
+
+    Every evaluation entry point takes ``device=None`` and resolves it here, so a model already on
+    a GPU is evaluated there without a flag. A model without parameters falls back to its buffers,
+    then to the CPU.
+    """
+    if device is not None:
+        return torch.device(device)
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def build_zero_shot_classifier(
@@ -75,7 +86,7 @@ def build_zero_shot_classifier(
     per_class = class_prompts(classnames, templates)
     prompts = [p for ps in per_class for p in ps]
     owner = torch.tensor([c for c, ps in enumerate(per_class) for _ in ps])
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = model_device(model, device)
     context_length = _context_length(model)
     n_batches = -(-len(prompts) // batch_size)
 
