@@ -12,6 +12,9 @@ from cliplab.models import CLIP, CLIPConfig, build_model, get_config, infer_conf
 
 SMALL = ["micro", "tiny", "tiny-rn"]
 EOT = 49407
+# Released models bigger than their family's base (RN50, ViT-B/32), which shares every code path
+# with them: 5-30 s each on a 2-core CPU, so they run in the full suite, not under -m "not slow".
+SLOW_PARITY = {"RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"}
 
 
 def random_tokens(n: int, context: int, seed: int = 0) -> torch.Tensor:
@@ -144,7 +147,9 @@ def test_short_context_model_accepts_77_token_input():
         assert torch.equal(model.encode_text(tokens), model.encode_text(tokens[:, :32]))
 
 
-@pytest.mark.parametrize("name", list_configs())
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PARITY else n for n in list_configs()]
+)
 def test_parity_with_openai_reference(name):
     """Same random weights in OpenAI's model.py and ours: same embeddings and logits (float32)."""
     cfg = get_config(name)

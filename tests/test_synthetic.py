@@ -30,8 +30,9 @@ from cliplab.data.synthetic import (
     sample_scene,
     zero_shot_tasks,
 )
-from cliplab.data.synthetic_render import BACKGROUND_COLOURS, OBJECT_COLOURS, PLURALS
+from cliplab.data.synthetic_render import BACKGROUND_COLOURS, OBJECT_COLOURS, PLURALS, font_dir
 from cliplab.data.writers import write_files, write_image_folder, write_webdataset
+from cliplab.errors import UsageError
 
 N_SCAN = 8000  # scenes scanned by the attribute/caption checks (no pixels drawn: ~0.5 s)
 
@@ -98,6 +99,15 @@ def test_bad_arguments_and_out_of_range_index():
     with pytest.raises(IndexError):
         SyntheticCaptions(3)[3]
     assert [s.caption for s in SyntheticCaptions(3)] == [SyntheticCaptions(3)[i].caption for i in range(3)]
+
+
+def test_missing_matplotlib_is_a_one_line_usage_error(monkeypatch):
+    # sys.modules[name] = None makes both `import` and `find_spec` see the package as not installed.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for make in (font_dir, lambda: SyntheticCaptions(3)):  # the dataset fails when built, not in a worker
+        with pytest.raises(UsageError, match=re.escape("pip install 'cliplab[train]'")) as err:
+            make()
+        assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------- held-out pairs and captions
@@ -361,6 +371,13 @@ def test_cli_synthetic_webdataset_and_files(tmp_path, cli):
     assert cli([*args, "--out", str(tmp_path / "f"), "--format", "files", "--manifest", "jsonl"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "f" / "manifest.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in rows] == [s.caption for s in SyntheticCaptions(5, seed=4, image_size=32)]
+
+
+def test_cli_synthetic_without_matplotlib_says_which_extra(tmp_path, cli, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli(["data", "synthetic", "--n", "2", "--out", str(tmp_path / "w"), "--format", "files"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("pip install 'cliplab[train]'"), err
 
 
 def test_cli_tasks(tmp_path, cli):

@@ -100,6 +100,13 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
     if args.protocol == "retrieval" and args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if getattr(args, "confusion", None):
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError(
+                "--confusion draws with matplotlib, which is not installed: pip install 'cliplab[eval]'"
+            )
     for flag, out in (("--json", args.json_out), ("--confusion", getattr(args, "confusion", None))):
         if out is not None and Path(out).is_dir():
             raise UsageError(f"{flag} {out} is a directory; give a file name")

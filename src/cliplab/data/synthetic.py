@@ -4,6 +4,8 @@ Every sample is a function of (seed, split, index) alone: a stable hash of the t
 `random.Random`, which picks a scene (coloured shapes, relations, counts, rendered digits and words on
 patterned backgrounds) and a caption mentioning a random subset of what the scene contains. Nothing
 is read from disk except matplotlib's bundled fonts, so DataLoader workers can generate on the fly.
+This module is the demo's data: matplotlib comes with the ``train`` extra, and neither ``import
+cliplab`` nor ``cliplab.load`` imports this module.
 
 `HELD_OUT_PAIRS` are colour-shape combinations that `SyntheticCaptions` never draws or names, for
 any split; the `compositional` zero-shot task classifies images of exactly those pairs. Each held-out
@@ -47,6 +49,7 @@ from cliplab.data.synthetic_render import (
     background_phrase,
     contrast,
     fill_template,
+    font_dir,
     noun_phrase,
     render,
 )
@@ -303,6 +306,7 @@ class SyntheticCaptions:
             raise ValueError(f"SyntheticCaptions size must be >= 0, got {size}")
         if image_size < 16:
             raise ValueError(f"SyntheticCaptions image_size must be >= 16 pixels, got {image_size}")
+        font_dir()  # fail here, in the caller's process, rather than in a DataLoader worker
         self.size, self.seed, self.image_size, self.split = size, seed, image_size, split
 
     def __len__(self) -> int:

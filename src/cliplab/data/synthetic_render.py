@@ -3,8 +3,8 @@
 A scene is plain data (a `Scene` of `ShapeSpec`, `TextSpec` and a `Background`, all in unit
 coordinates where the image spans [0, 1] x [0, 1]); `render` draws it at 2-4x the requested size and
 box-filters down, which antialiases edges without any per-primitive antialiasing support in Pillow.
-Fonts are the DejaVu files bundled with matplotlib, loaded with Pillow's basic layout engine, so the
-same scene gives the same pixels on every machine with the same Pillow version.
+Fonts are the DejaVu files bundled with matplotlib (found, never imported), loaded with Pillow's basic
+layout engine, so the same scene gives the same pixels on every machine with the same Pillow version.
 
 The second half holds the phrase tables and caption templates; `fill_template` picks a template
 whose required slots the caller could fill, so a caption names only what was chosen to be said.
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from cliplab.errors import UsageError
 
 RGB = tuple[int, int, int]
 
@@ -170,12 +172,15 @@ def _background_tones(name: str) -> tuple[RGB, RGB]:
 
 
 def font_dir() -> Path:
-    """Folder holding matplotlib's bundled DejaVu fonts (found without importing matplotlib)."""
+    """Folder holding matplotlib's bundled DejaVu fonts (found without importing matplotlib).
+
+    matplotlib is an optional dependency (the ``train`` extra): the core package never needs it.
+    """
     spec = importlib.util.find_spec("matplotlib")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the synthetic dataset draws text with the DejaVu fonts bundled in matplotlib; "
-            "install it with `pip install matplotlib`"
+        raise UsageError(
+            "the synthetic dataset draws text with the DejaVu fonts bundled in matplotlib, which is not "
+            "installed: pip install 'cliplab[train]'"
         )
     return Path(spec.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
 
@@ -184,8 +189,8 @@ def font_dir() -> Path:
 def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
     path = font_dir() / FONT_FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(
-            f"font {path} is missing; reinstall matplotlib (`pip install --force-reinstall matplotlib`)"
+        raise UsageError(
+            f"font {path} is missing from matplotlib; reinstall it: pip install --force-reinstall matplotlib"
         )
     # The basic layout engine behaves the same whether or not libraqm is installed.
     return ImageFont.truetype(str(path), px, layout_engine=ImageFont.Layout.BASIC)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import UsageError
+
 CONFUSION_PNG_MAX_CLASSES = 50
 
 
@@ -116,6 +118,7 @@ def save_confusion_matrix_png(
     """Draw ``matrix`` (rows true, columns predicted) as a PNG, each row normalised to recall.
 
     Refuses more than 50 classes: the labels would be unreadable; use the JSON counts instead.
+    Needs matplotlib (the ``eval`` extra) and raises a :class:`~cliplab.errors.UsageError` without it.
     """
     n = matrix.shape[0]
     if n > CONFUSION_PNG_MAX_CLASSES:
@@ -123,8 +126,14 @@ def save_confusion_matrix_png(
             f"a confusion-matrix image of {n} classes would be unreadable (limit {CONFUSION_PNG_MAX_CLASSES}); "
             "leave out the PNG and use per-class recall"
         )
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:  # optional (the eval extra): the metrics above never need it
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(
+            f"drawing the confusion matrix {os.fspath(path)} needs matplotlib, which is not installed: "
+            "pip install 'cliplab[eval]'"
+        ) from None
 
     counts = matrix.double()
     rows = counts / counts.sum(1, keepdim=True).clamp(min=1)

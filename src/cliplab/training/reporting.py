@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class MetricsLog:
         # A line torn by a kill mid-write has no step and is dropped with the later ones.
         lines = self.path.read_text().splitlines()
         kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
@@ -76,7 +78,7 @@ def plot_report(metrics_path: Path, out_png: Path, chance: dict[str, float] | No
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed; no report.png (pip install matplotlib)")
+        logger.warning("matplotlib is not installed, so no report.png: pip install 'cliplab[train]'")
         return None
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
