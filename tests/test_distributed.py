@@ -178,3 +178,31 @@ def test_a_killed_rank_makes_the_other_exit_with_an_error(tmp_path):
     assert waited < 20 + 15
     for ckpt in manager.list():  # every checkpoint left behind reads back whole
         assert load_training_checkpoint(ckpt)["run"]["step"] >= 1
+
+
+def test_corrupt_samples_on_one_rank_only_keep_every_rank_stepping(tmp_path):
+    """Rank 0's share of the first epoch holds broken files, rank 1's none. Substitutes keep both
+    batches full, so no step is skipped, the skips of every rank are counted, and the run still
+    equals one process with the doubled batch on the same (broken) data."""
+    from cliplab.data.loader import epoch_batches
+    from cliplab.data.synthetic import SyntheticCaptions
+    from cliplab.data.writers import write_files
+
+    manifest = write_files(SyntheticCaptions(64, image_size=32), tmp_path / "data", progress=False)
+    rank0 = [i for batch in epoch_batches(64, 8, seed=0, epoch=0, rank=0, world_size=2) for i in batch]
+    broken = rank0[:3]
+    for i in broken:
+        (tmp_path / "data" / "images" / f"{i:06d}.png").write_bytes(b"not a png")
+    data = ["--data.source=manifest", f"--data.path={manifest}", "--steps=4"]
+    single_run, ddp = tmp_path / "single", tmp_path / "ddp"
+    run(single(single_run, "--batch_size=16", *data))
+    run(torchrun(ddp, "--batch_size=8", *data))
+    for out in (single_run, ddp):
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["steps"] == 4 and summary["empty_batches"] == 0
+        assert summary["skipped_samples"] >= len(broken), summary
+    assert (
+        json.loads((ddp / "summary.json").read_text())["skipped_by_reason"]
+        == json.loads((single_run / "summary.json").read_text())["skipped_by_reason"]
+    )
+    assert max_weight_difference(single_run, ddp) <= 1e-5

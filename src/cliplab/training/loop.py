@@ -413,8 +413,13 @@ class Trainer:
 
     # steps ----------------------------------------------------------------------------------------
 
-    def _record_skips(self, batch) -> None:
-        for rec in batch.skipped:
+    def _record_skips(self, batch, anywhere: bool) -> None:
+        """Count the batch's skipped samples; with several ranks, every rank's (``anywhere``: some
+        rank had skips), so the counts in checkpoints and summary.json cover the whole run."""
+        records = list(batch.skipped)
+        if self.coll.active and anywhere:
+            records = [rec for ranks in self.coll.all_gather(records) for rec in ranks]
+        for rec in records:
             self.state.skipped[rec.kind] = self.state.skipped.get(rec.kind, 0) + 1
             if len(self.state.skipped_examples) < 100:
                 self.state.skipped_examples.append([rec.source, rec.reason])
@@ -514,11 +519,15 @@ class Trainer:
                         batch = next(batches, None)
                         # Every rank leaves the epoch together when any rank's stream ends, and
                         # skips a step together when any rank's batch came out short.
-                        ended, short = self.coll.any(batch is None, batch is None or self._short(batch))
+                        ended, short, skips = self.coll.any(
+                            batch is None,
+                            batch is None or self._short(batch),
+                            bool(batch is not None and batch.skipped),
+                        )
                         if ended:
                             break
                         yielded += 1
-                        record = self._step_on(batch, short)
+                        record = self._step_on(batch, short, skips)
                         bar.update(1)
                         if record is not None:
                             window = (window + [record["loss"]])[-50:]
@@ -559,10 +568,10 @@ class Trainer:
         """A batch that cannot be trained on: empty, or (several ranks) not the full per-rank size."""
         return len(batch) == 0 or (self.coll.active and len(batch) != self.cfg.batch_size)
 
-    def _step_on(self, batch, skip: bool) -> dict[str, float] | None:
+    def _step_on(self, batch, skip: bool, skips_anywhere: bool) -> dict[str, float] | None:
         """Train on ``batch`` (unless every rank agreed to skip it) and advance the data position."""
         st = self.state
-        self._record_skips(batch)
+        self._record_skips(batch, skips_anywhere)
         record = None if skip else self.train_step(batch)
         if skip:
             st.empty_batches += 1
