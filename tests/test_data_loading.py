@@ -144,6 +144,17 @@ def test_data_config_validation_names_the_field():
         DataConfig(synthetic_size=0)
 
 
+def test_a_path_with_the_synthetic_source_is_refused_not_ignored(tmp_path):
+    from cliplab.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"data\.path.*data\.source.*'synthetic'") as info:
+        DataConfig(source="synthetic", path=str(tmp_path / "train.csv"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(UsageError, match=r"data\.path"):
+        DataConfig(path=[str(tmp_path / "a.tar")])  # source defaults to synthetic
+    assert DataConfig(source="synthetic", path=None).path is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad samples: skipped, counted, recorded
 
@@ -173,7 +184,7 @@ def corrupt_copy(samples, root: Path):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_corrupt_and_missing_files_are_skipped_and_counted(samples, tmp_path, workers):
+def test_corrupt_and_missing_files_are_skipped_counted_and_refilled(samples, tmp_path, workers):
     manifest, bad = corrupt_copy(samples, tmp_path)
     loader = load(manifest_cfg(manifest, workers), batch_size=10)
     batches = list(loader)
@@ -181,12 +192,15 @@ def test_corrupt_and_missing_files_are_skipped_and_counted(samples, tmp_path, wo
     entries = read_manifest(manifest)
     bad_indices = {i for i, (p, _) in enumerate(entries) if p in bad}
     seen = torch.cat([b.indices for b in batches]).tolist()
-    assert sorted(seen) == sorted(set(range(100)) - bad_indices)
+    # Every place of a bad sample went to a usable substitute: full batches, no bad index in them,
+    # and every good sample still read; the 10 substitutes are extra reads of good samples.
+    assert [len(b) for b in batches] == [10] * 10
+    assert not set(seen) & bad_indices and set(seen) == set(range(100)) - bad_indices
+    assert len(seen) - len(set(seen)) == len(bad)
     records = [r for b in batches for r in b.skipped]
     assert {r.source: r.kind for r in records} == bad and len(records) == len(bad)
     assert loader.num_skipped == 10
     assert loader.skip_counts == {"unreadable image": 6, "missing file": 3, "empty caption": 1}
-    assert sum(len(b) for b in batches) + loader.num_skipped == 100
     moved = batches[1].to("cpu")
     assert torch.equal(moved.images, batches[1].images) and moved.skipped == batches[1].skipped
     assert moved.position == 1
@@ -312,7 +326,9 @@ def test_webdataset_broken_members_are_skipped_and_counted(samples, tmp_path):
     rewrite_shard(shards[2], lambda n, d: None if n == "000035.txt" else d)
     loader = load(DataConfig(source="webdataset", path=str(tmp_path), workers=0, shuffle_buffer=0))
     batches = list(loader)
-    assert len(batches) == 4 and sum(len(b) for b in batches) == N - 2
+    # The next usable samples of the stream take the broken ones' places: full batches, and the
+    # stream ends one batch short of sizes.json's 4 (its last 14 samples are the remainder).
+    assert loader.num_batches == 4 and [len(b) for b in batches] == [16, 16, 16]
     records = sorted((r.source, r.kind) for b in batches for r in b.skipped)
     assert records == [
         (f"{shards[1]}:000017", "unreadable image"),
@@ -327,13 +343,12 @@ def test_webdataset_truncated_shard_is_recorded(samples, tmp_path):
     with tarfile.open(shard) as tar:
         offsets = {m.name: m.offset_data for m in tar.getmembers()}
     cfg = DataConfig(source="webdataset", path=[str(shard)], num_samples=10, workers=0, shuffle_buffer=0)
-    # Cut inside member 000005.png: the tar reader fails ("unexpected end of data"). The stream
-    # rereads the shard to fill the epoch, and each failed read is one record.
+    # Cut inside member 000005.png: the tar reader fails ("unexpected end of data"). An epoch is
+    # one pass, so the shard is read once: one batch, and the failure found after it travels in it.
     shard.write_bytes(data[: offsets["000005.png"] + 100])
     batches = list(load(cfg, batch_size=5))
-    assert [len(b) for b in batches] == [5, 5]
-    assert {(r.source, r.kind) for b in batches for r in b.skipped} == {(str(shard), "broken tar")}
-    assert all(len(b.skipped) == 1 for b in batches)
+    assert [len(b) for b in batches] == [5]
+    assert [(r.source, r.kind) for r in batches[0].skipped] == [(str(shard), "broken tar")]
     # Cut at a member boundary: tarfile stops quietly, sizes.json reveals the missing samples.
     shard.write_bytes(data[: offsets["000005.png"] - 512])
     records = [r for b in load(cfg, batch_size=5) for r in b.skipped]
@@ -424,7 +439,7 @@ def test_webdataset_decompression_bomb_is_skipped_and_counted_not_decoded(sample
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         loader = load(cfg, EVAL, batch_size=8)
         batches = list(loader)
-    assert sum(len(b) for b in batches) == 15
+    assert [len(b) for b in batches] == [8]  # 15 usable samples: one full batch, 7 left over
     (record,) = [r for b in batches for r in b.skipped]
     assert record.source == f"{shard}:000003" and record.kind == "unreadable image"
     assert "MAX_IMAGE_PIXELS" in record.reason and "000003" in record.reason

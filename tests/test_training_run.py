@@ -304,7 +304,8 @@ def broken_manifest(tmp_path) -> tuple[Path, dict[str, int]]:
 def test_broken_images_are_skipped_and_counted(broken_manifest, tmp_path):
     manifest, expected = broken_manifest
     out, config = tmp_path / "run", tmp_path / "broken.yaml"
-    # batch 10 divides 60, so 6 steps are exactly one epoch: every sample is read once.
+    # batch 10 divides 60, so 6 steps are exactly one epoch: every sample is read once, and each
+    # broken one is replaced by a substitute, so every batch is full.
     config.write_text(
         f"model: micro\nbatch_size: 10\nsteps: 6\ndata:\n  source: manifest\n  path: {manifest}\n"
     )
@@ -315,7 +316,7 @@ def test_broken_images_are_skipped_and_counted(broken_manifest, tmp_path):
     assert summary["steps"] == 6
     assert summary["skipped_samples"] == sum(expected.values()) == 6
     assert summary["skipped_by_reason"] == expected
-    assert summary["samples_seen"] == 54
+    assert summary["samples_seen"] == 60 and summary["empty_batches"] == 0
     assert len(summary["skipped_examples"]) == 6
     assert {Path(src).name for src, _ in summary["skipped_examples"]} == {
         f"{i:06d}.png" for i in (3, 17, 25, 41, 8, 59)

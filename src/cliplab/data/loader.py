@@ -23,10 +23,23 @@ decoding, ``Batch``, ``TrainLoader``) lives in ``cliplab.data.samples``; this mo
 
 Bad samples never stop training. A missing, unreadable, truncated or non-image file, an empty
 caption or a broken tar member becomes a ``SkipRecord`` (where + why). Samples are decoded in
-worker processes, so the records travel inside the batch they would have belonged to, and batches
-can be smaller than ``batch_size``. A batch whose samples were all skipped is still yielded, as an
-EMPTY batch (``len(batch) == 0``) carrying its skip records: the training loop should not step on
-it, but counts it as a position in the epoch so ``start_batch`` stays aligned.
+worker processes, so the records travel inside the batch they would have belonged to.
+
+Refill. Several ranks step together only on full batches, so a map-style source fills the place
+of an unusable sample with a substitute: dataset index ``mix_seed(seed, epoch, index, attempt) %
+len(dataset)`` for attempt 1, 2, ... up to ``MAX_REFILL_ATTEMPTS``, the first usable one (its
+augmentation seeded by (seed, epoch, substitute, index)). The choice depends on nothing but those
+numbers, so refilled batches too are the same for any number of workers or ranks and under
+``start_batch``. The substitute's ``Decoded.replaces`` carries the unusable sample's record, which
+is counted exactly as before; substitutes that fail are not recorded again (they are recorded in
+their own place in the epoch). A refilled sample therefore appears twice in that epoch (rarely
+twice in one batch), with different augmentations. When every attempt fails the place stays empty
+and the batch comes out short; a batch whose samples all failed is still yielded, as an EMPTY
+batch (``len(batch) == 0``) carrying its skip records: the training loop should not step on it,
+but counts it as a position in the epoch so ``start_batch`` stays aligned.
+
+With CUDA training, pass ``pin_memory=True`` so batches arrive in page-locked memory and the copy
+to the device can overlap compute (``Batch.to(device, non_blocking=True)``).
 """
 
 from __future__ import annotations
@@ -53,6 +66,9 @@ from .samples import (
     loader_kwargs,
     mix_seed,
 )
+
+# How many substitutes are tried for an unusable sample before its place is left empty.
+MAX_REFILL_ATTEMPTS = 8
 
 # ---------------------------------------------------------------------------------------------
 # Map-style sources
@@ -161,7 +177,10 @@ def _render_cached(size: int, seed: int, image_size: int) -> tuple[np.ndarray, S
 
 
 class MapSamples(Dataset):
-    """Dataset index -> ``Decoded`` or ``SkipRecord`` with the (seed, epoch, index) augmentation seed."""
+    """Dataset index -> ``Decoded`` (refilled if unusable; see the module docstring) or ``SkipRecord``.
+
+    Sample ``index`` is augmented with the seed (seed, epoch, index).
+    """
 
     def __init__(
         self, source: ManifestSource | SyntheticSource, maker: SampleMaker, seed: int, epoch: int
@@ -172,8 +191,25 @@ class MapSamples(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> Decoded | SkipRecord:
+        first = self._make(index, mix_seed(self.seed, self.epoch, index))
+        if isinstance(first, Decoded):
+            return first
+        for attempt in range(1, MAX_REFILL_ATTEMPTS + 1):
+            other = refill_index(len(self.source), self.seed, self.epoch, index, attempt)
+            sample = self._make(other, mix_seed(self.seed, self.epoch, other, index))
+            if isinstance(sample, Decoded):
+                sample.replaces = first
+                return sample
+        return first
+
+    def _make(self, index: int, aug_seed: int) -> Decoded | SkipRecord:
         where, open_image, caption = self.source.get(index)
-        return self.maker.make(where, open_image, caption, index, mix_seed(self.seed, self.epoch, index))
+        return self.maker.make(where, open_image, caption, index, aug_seed)
+
+
+def refill_index(n: int, seed: int, epoch: int, index: int, attempt: int) -> int:
+    """The dataset index tried, at ``attempt`` (1, 2, ...), in place of unusable sample ``index``."""
+    return mix_seed(seed, epoch, index, attempt, 5) % n
 
 
 def epoch_batches(
@@ -202,13 +238,14 @@ def build_train_loader(
     world_size: int = 1,
     start_batch: int = 0,
     image_size: int | None = None,
+    pin_memory: bool = False,
 ) -> TrainLoader:
     """The ``TrainLoader`` for epoch ``epoch`` on rank ``rank`` of ``world_size``.
 
     ``transform`` maps a PIL image to [3, H, W] (called with ``generator=``); ``tokenize`` maps a
     list of captions to [N, ctx] token ids. ``image_size`` is the size the synthetic source renders
-    at (default 64). Manifests are read and validated here, so a malformed line fails before
-    training starts.
+    at (default 64). ``pin_memory=True`` (for training on CUDA) yields batches in page-locked
+    memory. Manifests are read and validated here, so a malformed line fails before training starts.
     """
     _check_positions(batch_size, rank, world_size, start_batch)
     maker = SampleMaker(transform, tokenize)
@@ -218,7 +255,7 @@ def build_train_loader(
 
         return build_wds_loader(
             cfg, maker, collate, batch_size=batch_size, seed=seed, epoch=epoch,
-            rank=rank, world_size=world_size, start_batch=start_batch,
+            rank=rank, world_size=world_size, start_batch=start_batch, pin_memory=pin_memory,
         )  # fmt: skip
     if cfg.source == "manifest":
         source = ManifestSource(read_manifest(cfg.path, cfg.image_key, cfg.caption_key))
@@ -237,7 +274,7 @@ def build_train_loader(
         MapSamples(source, maker, seed, epoch),
         batch_sampler=batches[start_batch:],
         collate_fn=collate,
-        **loader_kwargs(cfg.workers, seed, epoch, rank),
+        **loader_kwargs(cfg.workers, seed, epoch, rank, pin_memory),
     )
     return TrainLoader(loader, len(batches), start_batch, skip_leading=False)
 
@@ -251,4 +288,4 @@ def _check_positions(batch_size: int, rank: int, world_size: int, start_batch: i
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
 
 
-__all__ = ["build_train_loader", "epoch_batches"]
+__all__ = ["MAX_REFILL_ATTEMPTS", "build_train_loader", "epoch_batches", "refill_index"]

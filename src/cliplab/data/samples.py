@@ -2,9 +2,10 @@
 
 ``DataConfig`` says where samples come from. ``SampleMaker`` turns one raw sample (a way to open
 its image, a caption) into a ``Decoded`` sample or a ``SkipRecord``; ``Collate`` stacks those into
-a ``Batch``; ``TrainLoader`` yields one epoch of batches and counts the skips. The map-style
-sources (``cliplab.data.loader``) and the WebDataset stream (``cliplab.data.wds``) both build on
-this module and import nothing of each other at module level, so there is no import cycle.
+a ``Batch``, with the records of the skipped samples and of those a substitute replaced
+(``Decoded.replaces``); ``TrainLoader`` yields one epoch of batches and counts the skips. The
+map-style sources (``cliplab.data.loader``) and the WebDataset stream (``cliplab.data.wds``) both
+build on this module and import nothing of each other at module level, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class DataConfig:
     ``caption_key`` is the key read from a sample's ``.json`` member when it has no ``.txt``
     (default: the first of ``CAPTION_COLUMNS`` present). ``num_samples`` (samples per epoch) and
     ``resampled`` (draw shards with replacement, an endless stream) apply to WebDataset only;
-    ``shuffle_buffer`` is its sample shuffle buffer.
+    without ``resampled`` an epoch is one pass over the shards, so ``num_samples`` can shorten it
+    but not lengthen it. ``shuffle_buffer`` is the WebDataset sample shuffle buffer. The synthetic
+    source reads no files, so ``path`` must be unset for it.
     """
 
     source: str = "synthetic"
@@ -66,6 +69,11 @@ class DataConfig:
             self.path = os.fspath(self.path)
         elif isinstance(self.path, (list, tuple)):
             self.path = [os.fspath(p) for p in self.path]
+        if self.source == "synthetic" and self.path:
+            raise UsageError(
+                f"DataConfig.path (data.path) is {self.path!r} but DataConfig.source (data.source) is "
+                "'synthetic', which reads no files; set data.source to 'manifest' or 'webdataset', or unset data.path"
+            )
         if self.source != "synthetic" and not self.path:
             what = (
                 "a manifest file" if self.source == "manifest" else "a shard directory, brace pattern or list"
@@ -121,7 +129,8 @@ class Batch:
     """One training batch. ``images`` [B, 3, H, W] float, ``texts`` [B, ctx] token ids, ``indices``
     [B] dataset indices (-1 for WebDataset), ``skipped`` the records of this batch's unusable
     samples, ``position`` the batch's index within the epoch (set by ``TrainLoader``).
-    B may be smaller than the batch size, or 0 (see ``cliplab.data.loader``).
+    Unusable samples are replaced, so B is the batch size unless replacing failed; then it can be
+    smaller, or 0 (see ``cliplab.data.loader``).
     """
 
     images: torch.Tensor
@@ -173,11 +182,15 @@ def _accepts_generator(fn: Callable) -> bool:
 
 @dataclass
 class Decoded:
-    """A usable sample: image tensor [3, H, W], token ids [ctx], dataset index (-1 if none)."""
+    """A usable sample: image tensor [3, H, W], token ids [ctx], dataset index (-1 if none).
+
+    ``replaces`` is the record of the unusable sample whose place this one takes, if any.
+    """
 
     image: torch.Tensor
     tokens: torch.Tensor
     index: int
+    replaces: SkipRecord | None = None
 
 
 class SampleMaker:
@@ -235,7 +248,8 @@ class Collate:
     def __call__(self, items: Iterable[Decoded | SkipRecord]) -> Batch:
         items = list(items)
         good = [x for x in items if isinstance(x, Decoded)]
-        skipped = [x for x in items if isinstance(x, SkipRecord)]
+        skipped = [x if isinstance(x, SkipRecord) else x.replaces for x in items]
+        skipped = [x for x in skipped if x is not None]
         if not good:
             return Batch(
                 torch.empty((0, *self.image_shape)),
@@ -291,12 +305,12 @@ class TrainLoader:
             self.skip_counts[r.kind] += 1
 
 
-def loader_kwargs(workers: int, seed: int, epoch: int, rank: int) -> dict:
-    """DataLoader settings shared by all sources."""
+def loader_kwargs(workers: int, seed: int, epoch: int, rank: int, pin_memory: bool) -> dict:
+    """DataLoader settings shared by all sources; ``pin_memory`` for batches bound for a CUDA device."""
     return dict(
         num_workers=workers,
         persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         # An explicit generator: DataLoader otherwise draws worker seeds from torch's global RNG,
         # which would shift the training loop's own random stream.
         generator=torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 1)),

@@ -8,19 +8,32 @@ by ``cliplab.transforms.load_image``, with its decompression-bomb guard.
 Shard specs are expanded by :func:`resolve_shards`, which evaluation uses too. This module imports
 the ``webdataset`` package only when shards are streamed or a pattern is expanded.
 
-Splitting. Without ``resampled``, each pass over the data shuffles the shard list with a seed from
-(seed, epoch, pass), identically on every rank; rank ``r`` takes every ``world_size``-th shard from
-``r``, and worker ``w`` of that rank every ``workers``-th of those. Passes repeat (with a new
-shuffle) until the epoch's batches are out, so a rank whose shards hold a few samples fewer still
-fills its epoch and all ranks run the same number of batches. With ``resampled=True`` every worker
-draws shards with replacement from its own seeded RNG, an endless stream. Samples are then mixed in
-a shuffle buffer of ``DataConfig.shuffle_buffer``. The buffer also carries the tail of one pass
-into the next, so an epoch can repeat a few samples and postpone others; keep the buffer well below
-the samples each worker reads per pass (the data's size / (world_size * workers)).
+Splitting. Without ``resampled``, an epoch is one pass over the shards and no sample is read twice
+in it. The shard list is shuffled with a seed from (seed, epoch), identically on every rank, then
+ordered largest first by the ``sizes.json`` counts (a stable sort: shards of equal size stay
+shuffled); rank ``r`` takes every ``world_size``-th shard from ``r``, worker ``w`` of that rank
+every ``workers``-th of those, and reads them in its own seeded order. A rank never starts more
+workers than it has shards. Each worker's samples are mixed in a shuffle buffer of
+``DataConfig.shuffle_buffer`` (seeded per seed, epoch, rank and worker) and batched: an unusable
+sample's place goes to the next usable sample of the stream, so every batch is full.
 
-Epoch length: ``DataConfig.num_samples``, else the sum over the shards of the counts in the
-``sizes.json`` next to them (``{"shard-000000.tar": 1000, ...}``); ``num_batches`` is that divided
-by ``batch_size * world_size``.
+With ``resampled=True`` every worker draws shards with replacement from an RNG seeded by (seed,
+epoch, rank, worker), an endless stream, so ranks and workers read different streams; samples can
+repeat within an epoch.
+
+Epoch length (``num_batches``, the same on every rank). Resampled: ``DataConfig.num_samples``, else
+the sum of the ``sizes.json`` counts (``{"shard-000000.tar": 1000, ...}``), divided by
+``batch_size * world_size``. One pass: the full batches that the smallest rank's workers make from
+their shards, counted from ``sizes.json`` (the same count every epoch, since sorting by size puts a
+shard of the same size in each place); ``DataConfig.num_samples`` can only shorten that, and is
+taken as is when there is no ``sizes.json``. What an epoch does not read is its remainder: each
+worker's last partial batch (fewer than ``batch_size`` samples), the batches a larger rank holds
+beyond the smallest rank's count, and what lies past ``num_samples``. With shards of equal size and
+a shard count divisible by ``world_size * workers`` only the partial batches are left out. A rank
+whose stream ends early (unusable samples cost a worker its last full batch, or ``num_samples``
+promised more than the shards hold) ends the epoch for every rank, since the training loop leaves
+an epoch when the first rank's stream ends: the other ranks' remaining batches are not trained on
+in that epoch.
 
 Resume is approximate: ``start_batch=k`` decodes and drops the first k batches of the stream (their
 skip records are not counted again). Every worker's stream is seeded and DataLoader takes batches
@@ -28,7 +41,9 @@ from the workers in turn, so with the same shards, ``workers`` and ``world_size`
 sees the batches the uninterrupted one would have; change any of them and it does not.
 
 Broken data (an undecodable image member, a sample without image or caption, a truncated tar) is
-recorded as ``SkipRecord("shard.tar:key", reason)`` in the next batch of that worker.
+recorded as ``SkipRecord("shard.tar:key", reason)`` in the next batch of that worker; records found
+after a worker's last full batch travel in that batch (each batch waits until the next is full).
+A worker that makes no full batch yields nothing, and its records are lost with its samples.
 """
 
 from __future__ import annotations
@@ -39,7 +54,6 @@ import os
 import random
 import zlib
 from collections.abc import Iterator, Sequence
-from itertools import count
 from pathlib import Path
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -175,6 +189,27 @@ class _Tally:
         self._last = (record, self.read)
 
 
+def shard_order(shards: list[str], sizes: dict[str, int] | None, seed: int, epoch: int) -> list[str]:
+    """This epoch's shard order, the same on every rank: shuffled, then largest first (stable)."""
+    order = list(shards)
+    random.Random(mix_seed(seed, epoch, 4)).shuffle(order)
+    if sizes:
+        order.sort(key=lambda shard: -sizes[shard])
+    return order
+
+
+def pass_batches(sizes: list[int], batch_size: int, world_size: int, workers: int) -> int:
+    """Full batches per rank in one pass: the smallest rank's sum over its workers.
+
+    ``sizes`` are the shards' sample counts; positions follow ``shard_order``'s split.
+    """
+    ordered = sorted(sizes, reverse=True)
+    return min(
+        sum(sum(ordered[rank::world_size][w::workers]) // batch_size for w in range(workers))
+        for rank in range(world_size)
+    )
+
+
 class ShardStream(IterableDataset):
     """Batches from this rank's share of the shards; each DataLoader worker reads its own shards."""
 
@@ -206,29 +241,38 @@ class ShardStream(IterableDataset):
         if self.buffer > 1:
             rng = random.Random(mix_seed(self.seed, self.epoch, self.rank, worker, 2))
             samples = webdataset.shuffle(self.buffer, initial=self.buffer, rng=rng)(samples)
-        chunk: list[Decoded | SkipRecord] = []
+        yield from self._batches(samples, tally)
+
+    def _batches(self, samples: Iterator[dict], tally: _Tally) -> Iterator[Batch]:
+        """Full batches of usable samples; each is held back until the next is full (module docstring)."""
+        good: list[Decoded] = []
+        skipped: list[SkipRecord] = []
+        held: list[Decoded | SkipRecord] | None = None
         for sample in samples:
-            chunk.append(self._decode(sample))
-            if len(chunk) == self.batch_size:
-                chunk.extend(tally.pending)
+            item = self._decode(sample)
+            if isinstance(item, Decoded):
+                good.append(item)
+            else:
+                skipped.append(item)
+            if len(good) == self.batch_size:
+                if held is not None:
+                    yield self.collate(held)
+                held = [*good, *skipped, *tally.pending]
+                good, skipped = [], []
                 tally.pending.clear()
-                yield self.collate(chunk)
-                chunk = []
+        if held is not None:
+            yield self.collate([*held, *skipped, *tally.pending])
 
     def _urls(self, worker: int, workers: int, tally: _Tally) -> Iterator[dict]:
         if self.resampled:
             rng = random.Random(mix_seed(self.seed, self.epoch, self.rank, worker, 3))
             while True:
                 yield from self._read(rng.choice(self.shards), tally)
-        for rep in count():
-            order = list(self.shards)
-            random.Random(mix_seed(self.seed, self.epoch, rep, 4)).shuffle(order)
-            mine = order[self.rank :: self.world_size][worker::workers]
-            before = tally.read
-            for url in mine:
-                yield from self._read(url, tally)
-            if not mine or tally.read == before:
-                return  # nothing readable in this worker's shards: stop instead of looping forever
+        order = shard_order(self.shards, self.sizes, self.seed, self.epoch)
+        mine = order[self.rank :: self.world_size][worker::workers]
+        random.Random(mix_seed(self.seed, self.epoch, self.rank, worker, 6)).shuffle(mine)
+        for url in mine:
+            yield from self._read(url, tally)
 
     def _read(self, url: str, tally: _Tally) -> Iterator[dict]:
         tally.shard, before, errors = url, tally.read, tally.errors
@@ -286,20 +330,17 @@ def _counted(samples: Iterator[dict], tally: _Tally) -> Iterator[dict]:
 def build_wds_loader(
     cfg: DataConfig, maker: SampleMaker, collate: Collate,
     *, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, start_batch: int,
+    pin_memory: bool,
 ) -> TrainLoader:  # fmt: skip
     """The WebDataset ``TrainLoader`` (called by ``build_train_loader``)."""
     shards = resolve_shards(cfg.path)
     sizes = shard_sizes(shards, required=cfg.num_samples is None)
-    num_samples = cfg.num_samples or sum(sizes.values())
-    num_batches = num_samples // (batch_size * world_size)
-    if num_batches == 0:
-        raise UsageError(
-            f"{num_samples} samples per epoch make no full batch of {batch_size} on each of {world_size} "
-            "rank(s); lower batch_size or raise DataConfig.num_samples"
-        )
-    check_start_batch(start_batch, num_batches)
     workers = cfg.workers
-    if not cfg.resampled:
+    if cfg.resampled:
+        num_samples = cfg.num_samples or sum(sizes.values())
+        num_batches = num_samples // (batch_size * world_size)
+        what = f"{num_samples} samples per epoch"
+    else:
         if len(shards) < world_size:
             raise UsageError(
                 f"{len(shards)} shard(s) cannot be split over {world_size} ranks; write more, smaller "
@@ -307,6 +348,17 @@ def build_wds_loader(
             )
         # A worker without shards would sit idle; never start more workers than a rank has shards.
         workers = min(workers, len(shards) // world_size)
+        counts = [] if cfg.num_samples is None else [cfg.num_samples // (batch_size * world_size)]
+        if sizes is not None:
+            counts.append(pass_batches([sizes[s] for s in shards], batch_size, world_size, max(1, workers)))
+        num_batches = min(counts)
+        what = f"{len(shards)} shard(s) read by {world_size} rank(s) x {max(1, workers)} worker(s)"
+    if num_batches == 0:
+        raise UsageError(
+            f"{what} make no full batch of {batch_size} on every rank; lower batch_size or "
+            "DataConfig.workers, or add data (DataConfig.num_samples, sizes.json)"
+        )
+    check_start_batch(start_batch, num_batches)
     stream = ShardStream(
         shards,
         sizes,
@@ -319,8 +371,8 @@ def build_wds_loader(
         rank=rank,
         world_size=world_size,
     )
-    loader = DataLoader(stream, batch_size=None, **loader_kwargs(workers, seed, epoch, rank))
+    loader = DataLoader(stream, batch_size=None, **loader_kwargs(workers, seed, epoch, rank, pin_memory))
     return TrainLoader(loader, num_batches, start_batch, skip_leading=True)
 
 
-__all__ = ["ShardStream", "build_wds_loader", "resolve_shards", "shard_sizes"]
+__all__ = ["ShardStream", "build_wds_loader", "pass_batches", "resolve_shards", "shard_order", "shard_sizes"]

@@ -333,6 +333,7 @@ class Trainer:
             world_size=self.world_size,
             start_batch=start_batch,
             image_size=self.preprocess_cfg.image_size,
+            pin_memory=self.device.type == "cuda",
         )
 
     # checkpoints -------------------------------------------------------------------------------
@@ -513,7 +514,7 @@ class Trainer:
                         interrupted = True
                         self.save_checkpoint()
                         break
-                    yielded = 0
+                    yielded, epoch = 0, st.epoch
                     batches = iter(self._loader(st.epoch, st.next_batch))
                     while True:
                         batch = next(batches, None)
@@ -549,6 +550,11 @@ class Trainer:
                             break
                     if yielded == 0 and not interrupted:
                         self._end_of_data()
+                    elif (
+                        st.epoch == epoch and st.next_batch and not interrupted and st.step < self.total_steps
+                    ):
+                        # A stream (WebDataset) ended before its nominal length: that was the epoch.
+                        st.epoch, st.next_batch = st.epoch + 1, 0
         except Exception as exc:
             if self.coll.active and not isinstance(exc, CliplabError) and is_collective_failure(exc):
                 raise lost_contact(exc) from None
