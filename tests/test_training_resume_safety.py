@@ -96,6 +96,9 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(reference, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     # This session trained steps 4..6 (3 x 8 samples); the rate counts only those.
     assert summary["samples_seen"] == 48 and summary["samples_this_session"] == 24
+    # and the reported rate is this session's samples over this session's time (both rounded)
+    rate, seconds = summary["samples_per_s"], summary["seconds"]
+    assert abs(rate * seconds - 24) <= 0.06 * rate + 1, (rate, seconds)
 
 
 def test_every_checkpoint_damaged_is_an_error(reference, tmp_path):
