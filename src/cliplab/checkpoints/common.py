@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CliplabError
+from ..fileio import read_text
 from ..models import CLIP, CLIPConfig, infer_config
 from ..transforms import PreprocessConfig
 
@@ -137,9 +138,7 @@ def safetensors_metadata(path: Path) -> dict[str, str] | None:
 
 def read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read it ({exc})") from None
+        data = json.loads(read_text(path, "checkpoint config"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     if not isinstance(data, dict):

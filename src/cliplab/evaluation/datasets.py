@@ -125,7 +125,9 @@ def file_keys(paths: Sequence[str]) -> list[str]:
     return keys
 
 
-class _FileDataset(ClassificationDataset):
+class FileDataset(ClassificationDataset):
+    """Images read from files (``paths``); subclasses set ``paths``, ``labels`` and ``classnames``."""
+
     paths: list[str]
 
     def _image(self, index: int) -> Image.Image:
@@ -205,7 +207,7 @@ def _assign_folders(
     )
 
 
-class ImageFolderDataset(_FileDataset):
+class ImageFolderDataset(FileDataset):
     """``root/<class folder>/**/<image>``: one folder per class.
 
     Class names, in label order, come from (first found): the ``classnames`` argument (a list or a
@@ -287,7 +289,7 @@ def _parse_label(value: Any, index_of: dict[str, int] | None, where: str) -> int
     return text
 
 
-class ManifestDataset(_FileDataset):
+class ManifestDataset(FileDataset):
     """A CSV/TSV (header row) or JSON Lines file with an image path and a label per row.
 
     The file is read by ``cliplab.data.manifest.read_table``, the reader training uses too, so

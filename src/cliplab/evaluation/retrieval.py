@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..data.manifest import (
     CAPTION_COLUMNS,
@@ -41,9 +40,8 @@ from ..data.manifest import (
 )
 from ..errors import UsageError
 from ..fileio import atomic_torch_save, read_text
-from ..transforms import load_image
 from ..zeroshot.classifier import model_device
-from .datasets import ClassificationDataset, Transform, file_keys
+from .datasets import FileDataset, Transform
 
 TIES = ("pessimistic", "optimistic")
 
@@ -378,7 +376,7 @@ def _from_lists(files: list[str], by_image: list[list[str]], root: Path, source:
 # --- running a model over a retrieval dataset -----------------------------------------------------
 
 
-class CaptionImages(ClassificationDataset):
+class CaptionImages(FileDataset):
     """The images of a :class:`CaptionSet` as a dataset of ``(tensor, image index)``.
 
     Follows :mod:`cliplab.evaluation.datasets`: an unreadable image gives ``None`` and is reported by
@@ -390,15 +388,6 @@ class CaptionImages(ClassificationDataset):
         self.paths = [str(p) for p in captions.images]
         self.labels = list(range(len(self.paths)))
         self.classnames = []
-
-    def _image(self, index: int) -> Image.Image:
-        return load_image(self.paths[index])
-
-    def source(self, index: int) -> str:
-        return self.paths[index]
-
-    def _sample_keys(self) -> list[str]:
-        return file_keys(self.paths)
 
 
 def encode_texts(

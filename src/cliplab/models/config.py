@@ -146,8 +146,7 @@ def get_config(name: str) -> CLIPConfig:
     configs = _named_configs()
     if name not in configs:
         raise UnknownConfigError(
-            f"unknown model config {name!r}; available: {', '.join(sorted(configs))} "
-            "(or a JSON config file)"
+            f"unknown model config {name!r}; available: {', '.join(sorted(configs))} (or a JSON config file)"
         )
     return configs[name]
 
