@@ -19,3 +19,9 @@ class UsageError(CliplabError, ValueError):
 
 class OutputExistsError(CliplabError, FileExistsError):
     """A command would write into a path that already holds something; nothing was touched."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CliplabError
+from ..errors import CliplabError, first_line
 from ..fileio import read_text
 from ..models import CLIP, CLIPConfig, infer_config
 from ..transforms import PreprocessConfig
@@ -79,7 +79,7 @@ def torch_load(path: Path, *, mmap: bool = False) -> object:
     except Exception as exc:  # corrupt data surfaces as RuntimeError, EOFError, IndexError, KeyError...
         raise CheckpointError(
             f"{path}: not a readable PyTorch file; it is truncated, corrupt or of another kind "
-            f"({type(exc).__name__}: {_first_line(exc)}). Re-download or re-save it."
+            f"({type(exc).__name__}: {first_line(exc)}). Re-download or re-save it."
         ) from None
 
 
@@ -109,7 +109,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ValueError...
         raise CheckpointError(
             f"{path}: not a readable safetensors file; it is truncated or corrupt "
-            f"({type(exc).__name__}: {_first_line(exc)}). Re-download or re-save it."
+            f"({type(exc).__name__}: {first_line(exc)}). Re-download or re-save it."
         ) from None
 
 
@@ -238,11 +238,6 @@ def _describe(config: CLIPConfig) -> str:
 
 def _sample(sd: Mapping[str, object], n: int = 6) -> list[str]:
     return sorted(sd)[:n]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _pickle_reason(exc: BaseException) -> str:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
 from .common import (
     OPENAI_METADATA_KEYS,
     CheckpointError,
     Loaded,
-    _first_line,
     is_torchscript_zip,
     read_weights_file,
 )
@@ -98,7 +98,7 @@ def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # crafted data: TypeError from a REDUCE, RuntimeError from torch, MemoryError...
         raise CheckpointError(
             f"{path}: cannot read this TorchScript archive; it is truncated, corrupt or not a model "
-            f"({type(exc).__name__}: {_first_line(exc)}). Re-download it."
+            f"({type(exc).__name__}: {first_line(exc)}). Re-download it."
         ) from None
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..fileio import atomic_torch_save, atomic_write, remove_orphans
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable
         raise CheckpointReadError(
-            f"cannot read training checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"cannot read training checkpoint {path} ({type(e).__name__}: {first_line(e, 200)}); "
             "if the run was killed while writing, an older checkpoint beside it is intact: pass it to --resume"
         ) from None
     missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]

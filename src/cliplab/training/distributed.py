@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import CliplabError, UsageError
+from ..errors import CliplabError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +139,9 @@ class Collective:
 
 
 def lost_contact(exc: BaseException) -> DistributedError:
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return DistributedError(
-        f"rank {rank} lost contact with the other processes ({first}): a rank died, was killed or stalled "
+        f"rank {rank} lost contact with the other processes ({first_line(exc)}): a rank died, was killed or stalled "
         "past dist_timeout. Checkpoints already written are intact; fix the cause and resume with "
         "--resume latest"
     )

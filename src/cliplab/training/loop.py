@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..data import build_train_loader
 from ..device import resolve_device
-from ..errors import CliplabError, OutputExistsError, UsageError
+from ..errors import CliplabError, OutputExistsError, UsageError, first_line
 from ..fileio import atomic_write_json, read_text, remove_orphans
 from ..models import CLIP, CLIPConfig, build_model, get_config
 from ..tokenizer import tokenize
@@ -367,14 +367,14 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UsageError(
                 f"--resume {path}: the checkpoint's weights do not fit this run's model "
-                f"({str(exc).splitlines()[0][:200]}); resume with the run's own config.yaml"
+                f"({first_line(exc, 200)}); resume with the run's own config.yaml"
             ) from None
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UsageError(
                 f"--resume {path}: the optimiser state does not fit this run's parameter groups "
-                f"({str(exc).splitlines()[0][:200]}). Checkpoints written before cliplab decayed "
+                f"({first_line(exc, 200)}). Checkpoints written before cliplab decayed "
                 "embeddings (the paper's weight decay) group parameters differently: finish that run "
                 f"with the version that started it, or start a new run from its weights with --pretrained={path}"
             ) from None
