@@ -30,14 +30,16 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ftfy
 import numpy as np
 import regex
-import torch
 
 from .errors import CliplabError
+
+if TYPE_CHECKING:  # torch is imported only where a tensor is returned: the ONNX encoder runs without it
+    import torch
 
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
@@ -434,7 +436,7 @@ class Tokenizer:
         ``<|startoftext|>``/``<|endoftext|>``, bad UTF-8 as U+FFFD. Trailing zeros (the padding of
         ``tokenize`` rows) are dropped; id 0 ("!") is never the last id of an encoded text.
         """
-        if isinstance(ids, (torch.Tensor, np.ndarray)):
+        if hasattr(ids, "tolist"):  # a torch tensor or numpy array
             ids = ids.tolist()
         ids = list(ids)
         while ids and ids[-1] == 0:
@@ -458,6 +460,17 @@ class Tokenizer:
         ``TextTooLongError``, or with ``truncate=True`` keeps its first ``context_length`` tokens with
         the last one replaced by the end token.
         """
+        import torch
+
+        return torch.from_numpy(self.to_numpy(texts, context_length, truncate))
+
+    def to_numpy(
+        self,
+        texts: str | Sequence[str],
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        truncate: bool = False,
+    ) -> np.ndarray:
+        """The ids of :meth:`__call__` as an int64 numpy array, without importing torch."""
         if isinstance(texts, str):
             texts = [texts]
         elif not isinstance(texts, Sequence):
@@ -479,13 +492,13 @@ class Tokenizer:
         return _pad(rows, context_length)
 
 
-def _pad(rows: list[list[int]], context_length: int) -> torch.Tensor:
-    """Rows of at most context_length ids, zero-padded into a LongTensor [len(rows), context_length]."""
+def _pad(rows: list[list[int]], context_length: int) -> np.ndarray:
+    """Rows of at most context_length ids, zero-padded into an int64 array [len(rows), context_length]."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     out = np.zeros((len(rows), context_length), dtype=np.int64)
     # Row-major boolean mask assignment fills each row's first len(row) slots in order.
     out[np.arange(context_length) < lengths[:, None]] = np.fromiter(chain.from_iterable(rows), dtype=np.int64)
-    return torch.from_numpy(out)
+    return out
 
 
 def _too_long(index: int, text: str, n_tokens: int, context_length: int) -> TextTooLongError:

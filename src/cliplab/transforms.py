@@ -34,12 +34,15 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .errors import CliplabError
+
+if TYPE_CHECKING:  # imported where used: the ONNX encoder (cliplab.onnx) preprocesses without torch
+    import torch
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -271,6 +274,8 @@ def to_tensor_normalized(
     Other modes are converted to RGB first. The arithmetic is torchvision's, in its order and
     dtype (``/255`` then ``(x - mean) / std`` in the default float dtype), so results match exactly.
     """
+    import torch
+
     if img.mode != "RGB":
         img = convert_rgb(img)
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).view(img.height, img.width, 3)
@@ -279,6 +284,35 @@ def to_tensor_normalized(
     mean_t = torch.as_tensor(mean, dtype=dtype).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=dtype).view(-1, 1, 1)
     return x.sub_(mean_t).div_(std_t)
+
+
+def to_array_normalized(
+    img: Image.Image,
+    mean: tuple[float, float, float] = OPENAI_MEAN,
+    std: tuple[float, float, float] = OPENAI_STD,
+) -> np.ndarray:
+    """:func:`to_tensor_normalized` in numpy (float32 [3, H, W]), for code that runs without torch.
+
+    The same float32 operations in the same order, each rounded once, so the values are identical
+    to the tensor path under torch's default float32 dtype (tested in tests/test_export_onnx.py).
+    """
+    if img.mode != "RGB":
+        img = convert_rgb(img)
+    x = np.array(img, dtype=np.uint8).reshape(img.height, img.width, 3).transpose(2, 0, 1).astype(np.float32)
+    x /= np.float32(255)
+    x -= np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    x /= np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    return x
+
+
+def eval_resize(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """The geometric part of the eval transform: resize (by ``cfg.resize_mode``) and crop to n x n."""
+    n, interp = cfg.image_size, cfg.interpolation
+    if cfg.resize_mode == "shortest":
+        return resize_center_crop(img, n, interp)
+    if cfg.resize_mode == "longest":
+        return center_crop(resize(img, longest_side_size(*img.size, n), interp), n)
+    return resize(img, (n, n), interp)  # squash
 
 
 def random_resized_crop_params(
@@ -293,6 +327,8 @@ def random_resized_crop_params(
     Same draws in the same order, so with ``generator=None`` and the same global seed the crops
     equal torchvision's. Falls back to a centred crop after 10 rejected draws.
     """
+    import torch
+
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
@@ -335,14 +371,7 @@ class EvalTransform:
         _check_pil(img)
         if self.exif_transpose:
             img = ImageOps.exif_transpose(img)
-        n, interp = self.cfg.image_size, self.cfg.interpolation
-        if self.cfg.resize_mode == "shortest":
-            img = resize_center_crop(img, n, interp)
-        elif self.cfg.resize_mode == "longest":
-            img = center_crop(resize(img, longest_side_size(*img.size, n), interp), n)
-        else:  # squash
-            img = resize(img, (n, n), interp)
-        return to_tensor_normalized(convert_rgb(img), self.cfg.mean, self.cfg.std)
+        return to_tensor_normalized(convert_rgb(eval_resize(img, self.cfg)), self.cfg.mean, self.cfg.std)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -153,6 +153,22 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch
     return dict(sd)
 
 
+def unwrap_model(model: object) -> CLIP:
+    """The ``CLIP`` inside ``DistributedDataParallel`` (``.module``) and/or ``torch.compile`` (``._orig_mod``)."""
+    seen = 0
+    while not isinstance(model, CLIP) and seen < 8:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            break
+        model, seen = inner, seen + 1
+    if not isinstance(model, CLIP):
+        raise CheckpointError(
+            f"expected a cliplab CLIP model (possibly wrapped by DistributedDataParallel or torch.compile), "
+            f"got {type(model).__name__}"
+        )
+    return model
+
+
 def default_preprocess(config: CLIPConfig) -> PreprocessConfig:
     """OpenAI's preprocessing (bicubic resize, centre crop, their mean/std) at the model's input size."""
     return PreprocessConfig(image_size=config.vision.image_size)

@@ -63,10 +63,16 @@ def download(
 ) -> Path:
     """Fetch ``url`` into the cache unless a copy with the right SHA256 is there; return its path.
 
-    ``sha256`` defaults to the second-to-last component of the URL (OpenAI's convention). A cached
-    file with the wrong checksum is downloaded again; the file appears only once complete and verified.
+    ``sha256`` defaults to the second-to-last component of the URL (OpenAI's convention); it may be
+    a prefix of at least 8 hex digits where only that is published (open_clip's release files). A
+    cached file with the wrong checksum is downloaded again; the file appears only once complete and
+    verified.
     """
     sha256 = (sha256 or url.rstrip("/").split("/")[-2]).lower()
+    if not (8 <= len(sha256) <= 64 and all(c in "0123456789abcdef" for c in sha256)):
+        raise CheckpointError(
+            f"{url}: {sha256!r} is not a SHA256 (or a prefix of 8+ hex digits) to check it by"
+        )
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / url.rstrip("/").split("/")[-1]
     if target.exists() and not target.is_file():
@@ -74,7 +80,7 @@ def download(
             f"{target} exists and is not a regular file; remove it or choose another cache_dir"
         )
     if target.is_file():
-        if sha256_file(target) == sha256:
+        if sha256_file(target).startswith(sha256):
             return target
         warnings.warn(f"{target}: SHA256 does not match {sha256}; downloading it again", stacklevel=2)
     try:
@@ -118,7 +124,7 @@ def _fetch(url: str, out_path: Path, sha256: str, timeout: float, progress: bool
                     bar.update(len(chunk))
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         raise _NetworkError(str(exc)) from exc
-    if digest.hexdigest() != sha256:
+    if not digest.hexdigest().startswith(sha256):
         raise CheckpointError(
             f"downloaded {url} but its SHA256 is {digest.hexdigest()}, expected {sha256}: the transfer was "
             "corrupted or the server sent another file. Try again; the bad file was not kept."

@@ -20,6 +20,7 @@ import torch
 
 from ..fileio import atomic_write_dir
 from ..models import CLIP, CLIPConfig, infer_config
+from ..models.config import mlp_width
 from ..transforms import PreprocessConfig
 from .common import CheckpointError, Loaded, read_json, read_safetensors, torch_load
 
@@ -162,7 +163,7 @@ def to_hf_config(config: CLIPConfig) -> dict:
         "text_config": {
             "vocab_size": t.vocab_size,
             "hidden_size": t.width,
-            "intermediate_size": 4 * t.width,
+            "intermediate_size": mlp_width(t.width, t.mlp_ratio),
             "num_hidden_layers": t.layers,
             "num_attention_heads": t.heads,
             "max_position_embeddings": t.context_length,
@@ -177,7 +178,7 @@ def to_hf_config(config: CLIPConfig) -> dict:
         },
         "vision_config": {
             "hidden_size": v.width,
-            "intermediate_size": 4 * v.width,
+            "intermediate_size": mlp_width(v.width, v.mlp_ratio),
             "num_hidden_layers": v.layers,
             "num_attention_heads": v.heads,
             "image_size": v.image_size,
@@ -192,19 +193,21 @@ def to_hf_config(config: CLIPConfig) -> dict:
 
 def save_hf_checkpoint(model: CLIP, directory: str | Path) -> Path:
     """Write ``model`` as an HF ``CLIPModel`` directory (``config.json`` + ``model.safetensors``)."""
+    return atomic_write_dir(Path(directory), lambda tmp: write_hf_model(model, tmp))
+
+
+def write_hf_model(model: CLIP, directory: Path) -> None:
+    """``config.json`` and ``model.safetensors`` of an HF ``CLIPModel`` into ``directory`` (not atomic:
+    call it on the temporary directory of ``atomic_write_dir``)."""
     from safetensors.torch import save_file
 
     config, weights = to_hf_config(model.config), to_hf_state_dict(model)
-
-    def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        save_file(
-            {k: v.cpu().contiguous() for k, v in weights.items()},
-            str(tmp / "model.safetensors"),
-            {"format": "pt"},
-        )
-
-    return atomic_write_dir(Path(directory), write)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(
+        {k: v.cpu().contiguous() for k, v in weights.items()},
+        str(directory / "model.safetensors"),
+        {"format": "pt"},
+    )
 
 
 def config_from_hf(hf_config: Mapping, sd: Mapping[str, torch.Tensor], source: Path) -> CLIPConfig:

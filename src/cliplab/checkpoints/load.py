@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import CLIP, CLIPConfig, get_config
+from ..models import CLIP, CLIPConfig
 from ..transforms import PreprocessConfig
 from . import hf, native, open_clip, openai
 from .common import (
@@ -31,6 +31,8 @@ from .common import (
     resolve_config,
 )
 from .download import _MODELS, download_model
+from .hub import hub_snapshot, is_hub_id
+from .pretrained import resolve_architecture
 
 FORMATS = ("cliplab", "openai-jit", "openai", "open_clip", "hf")
 _READERS: dict[str, Callable[[Path], Loaded]] = {
@@ -58,12 +60,13 @@ def load_checkpoint(
     open_clip hub exports), otherwise it is inferred from the weights' shapes, assuming 64-dim
     heads and OpenAI's QuickGELU. ``quick_gelu`` overrides the activation (most open_clip models
     trained from scratch use exact GELU: pass ``quick_gelu=False``); ``config`` (a name or
-    ``CLIPConfig``) overrides the whole architecture.
+    ``CLIPConfig``) overrides the whole architecture. ``"hf-hub:ORG/REPO[@REVISION]"`` loads an
+    open_clip- or transformers-layout repository through huggingface_hub (see ``hub.py``).
     """
     path = resolve(name_or_path, cache_dir)
     fmt = detect_format(path)
     loaded = _READERS[fmt](path)
-    cfg = get_config(config) if isinstance(config, str) else config
+    cfg = resolve_architecture(config) if isinstance(config, str) else config
     cfg = resolve_config(loaded, path, cfg, quick_gelu)
     model = build_model(loaded.state_dict, cfg, path, fmt)
     model = model.to(device=device, dtype=dtype or torch.float32)
@@ -71,7 +74,9 @@ def load_checkpoint(
 
 
 def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """An existing local path, or the cached download of OpenAI's model with that name."""
+    """An existing local path, the cached download of OpenAI's model with that name, or a Hub snapshot."""
+    if is_hub_id(name_or_path):
+        return hub_snapshot(str(name_or_path), cache_dir)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
@@ -79,7 +84,8 @@ def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
         return download_model(name_or_path, cache_dir)
     raise CheckpointError(
         f"{name_or_path!s} is neither an existing file or directory nor a known model name "
-        f"({', '.join(_MODELS)})"
+        f"({', '.join(_MODELS)}) nor 'hf-hub:ORG/REPO'; for open_clip's weights use "
+        "cliplab.create_model_and_transforms(name, pretrained=TAG)"
     )
 
 

@@ -4,6 +4,8 @@ A checkpoint is a directory::
 
     model.safetensors   the state dict (OpenAI's key layout), nothing executable
     config.json         {"format": "cliplab", "version": 1, "model": CLIPConfig, "preprocess": ..., "extra": {...}}
+    README.md           with ``card=True`` (as ``cliplab.save`` does): the model card (see ``card.py``);
+                        a README.md the user wrote is kept
 
 The same JSON header is also stored in the safetensors metadata under ``"cliplab"``, so the weights
 file alone is self-describing; saving to a path ending in ``.safetensors`` writes only that file.
@@ -19,6 +21,7 @@ from pathlib import Path
 from ..fileio import atomic_write, atomic_write_dir
 from ..models import CLIP, CLIPConfig
 from ..transforms import PreprocessConfig
+from .card import CARD_FILE, find_run_dir, model_card, write_card
 from .common import (
     CheckpointError,
     Loaded,
@@ -26,6 +29,7 @@ from .common import (
     read_json,
     read_safetensors,
     safetensors_metadata,
+    unwrap_model,
 )
 
 FORMAT = "cliplab"
@@ -36,17 +40,25 @@ META_KEY = "cliplab"
 
 
 def save_checkpoint(
-    model: CLIP, path: str | Path, *, preprocess: PreprocessConfig | None = None, extra: dict | None = None
+    model: CLIP,
+    path: str | Path,
+    *,
+    preprocess: PreprocessConfig | None = None,
+    extra: dict | None = None,
+    card: bool = False,
 ) -> Path:
     """Write ``model`` in cliplab's format and return the path written.
 
     ``path`` is a directory (created; files in an existing one other than ours are kept) or, when it
     ends in ``.safetensors``, a single self-describing file. ``preprocess`` defaults to OpenAI's
     preprocessing at the model's input size; ``extra`` is any JSON-serialisable dict (a training
-    step, a dataset name...), returned by :func:`read_header`.
+    step, a dataset name...), returned by :func:`read_header`. ``model`` may be wrapped by
+    ``DistributedDataParallel`` or ``torch.compile``; the weights saved are the inner model's.
+    ``card=True`` adds a README.md model card to a directory (see ``card.py``).
     """
     from safetensors.torch import save_file
 
+    model = unwrap_model(model)
     path = Path(path)
     header = {
         "format": FORMAT,
@@ -69,9 +81,14 @@ def save_checkpoint(
     if path.suffix == ".safetensors":
         return atomic_write(path, write_weights)
 
+    preprocess = preprocess or default_preprocess(model.config)
+    text = model_card(model, preprocess, "cliplab", extra=extra, run_dir=find_run_dir(path)) if card else None
+
     def write_dir(tmp: Path) -> None:
         write_weights(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2))
+        if text is not None:
+            write_card(tmp, text, existing=path / CARD_FILE)
 
     return atomic_write_dir(path, write_dir)
 

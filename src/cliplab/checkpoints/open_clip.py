@@ -30,19 +30,62 @@ HUB_CONFIG = "open_clip_config.json"
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # Text-tower keys of CustomTextCLIP that keep their name once the "text." prefix is removed.
 _TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-# Vision/text config entries that change the architecture away from OpenAI's, with their neutral values.
-_NEUTRAL = {
-    "mlp_ratio": 4.0,
+# Every open_clip model_cfg entry cliplab knows, by tower. "fields" map onto cliplab's config;
+# "neutral" entries change the architecture unless they hold the value given (OpenAI's design);
+# "ignored" ones do not change what a trained model computes (training-only settings, or settings
+# that only matter together with a neutral entry set otherwise). Anything else is refused.
+_FIELDS = {
+    "vision_cfg": {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"},
+    "text_cfg": {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"},
+}
+_COMMON_NEUTRAL = {
     "ls_init_value": None,
-    "attentional_pool": False,
-    "no_ln_pre": False,
     "final_ln_after_pool": False,
     "output_tokens": False,
-    "timm_model_name": None,
-    "hf_model_name": None,
-    "proj_bias": False,
-    "embed_cls": False,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
 }
+_NEUTRAL = {
+    "vision_cfg": {
+        **_COMMON_NEUTRAL,
+        "attentional_pool": False,
+        "no_ln_pre": False,
+        "pos_embed_type": "learnable",
+        "pool_type": "tok",
+        "global_average_pool": False,
+        "input_patchnorm": False,
+        "timm_model_name": None,
+    },
+    "text_cfg": {
+        **_COMMON_NEUTRAL,
+        "hf_model_name": None,
+        "hf_tokenizer_name": None,
+        "tokenizer_mode": None,
+        "tokenizer_kwargs": None,
+        "embed_cls": False,
+        "no_causal_mask": False,
+        "pool_type": "argmax",
+        "proj_bias": False,
+        "proj_type": "linear",
+    },
+    "": {"init_logit_bias": None, "multimodal_cfg": None},
+}
+_IGNORED = {
+    "vision_cfg": {
+        "patch_dropout", "attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained", "timm_pool",
+        "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path",
+    },
+    "text_cfg": {"pad_id", "eos_id", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"},
+    "": {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text", "cast_dtype", "init_logit_scale"},
+}  # fmt: skip
+_EQUIVALENT = {"block_type": ("default",)}  # other spellings of a neutral value
 
 
 def is_open_clip_dir(path: Path) -> bool:
@@ -135,31 +178,23 @@ def _read_hub_dir(path: Path) -> Loaded:
 def config_from_model_cfg(model_cfg: Mapping, source: Path) -> CLIPConfig:
     """cliplab's config from open_clip's ``model_cfg`` (its JSON model configs use the same fields)."""
     vision_cfg, text_cfg = model_cfg.get("vision_cfg") or {}, model_cfg.get("text_cfg") or {}
-    for name, sub in (("vision_cfg", vision_cfg), ("text_cfg", text_cfg)):
-        for key, neutral in _NEUTRAL.items():
-            value = sub.get(key, neutral)
-            if value != neutral and not (neutral is False and value is None):
-                raise CheckpointError(
-                    f"{source}: {name}.{key}={sub[key]!r} describes an architecture cliplab does not implement"
-                )
-    if text_cfg.get("pool_type", "argmax") != "argmax":
-        raise CheckpointError(
-            f"{source}: text_cfg.pool_type={text_cfg['pool_type']!r}; only 'argmax' is supported"
-        )
+    check_supported(model_cfg, source)
     layers = vision_cfg.get("layers", 12)
     width = vision_cfg.get("width", 768)
     head_width = vision_cfg.get("head_width", 64)
     resnet = isinstance(layers, (list, tuple))
     # open_clip's defaults where a field is absent (its CLIPVisionCfg / CLIPTextCfg dataclasses)
-    patch = {} if resnet else {"patch_size": vision_cfg.get("patch_size", 16)}
+    vit_only = {} if resnet else {"patch_size": vision_cfg.get("patch_size", 16)}
+    if not resnet:
+        vit_only["mlp_ratio"] = float(vision_cfg.get("mlp_ratio", 4.0))
     try:
         vision = VisionConfig(
             kind="resnet" if resnet else "vit",
-            image_size=int(vision_cfg.get("image_size", 224)),
+            image_size=_square_size(vision_cfg.get("image_size", 224)),
             layers=tuple(layers) if resnet else int(layers),
             width=width,
             heads=(width * 32 if resnet else width) // head_width,
-            **patch,
+            **vit_only,
         )
         text = TextConfig(
             context_length=text_cfg.get("context_length", 77),
@@ -167,6 +202,7 @@ def config_from_model_cfg(model_cfg: Mapping, source: Path) -> CLIPConfig:
             width=text_cfg.get("width", 512),
             heads=text_cfg.get("heads", 8),
             layers=text_cfg.get("layers", 12),
+            mlp_ratio=float(text_cfg.get("mlp_ratio", 4.0)),
         )
         return CLIPConfig(
             embed_dim=model_cfg["embed_dim"],
@@ -176,6 +212,67 @@ def config_from_model_cfg(model_cfg: Mapping, source: Path) -> CLIPConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: model_cfg does not describe a supported CLIP ({exc})") from None
+
+
+def check_supported(model_cfg: Mapping, source: object) -> None:
+    """Refuse an open_clip ``model_cfg`` whose towers pool, normalise or embed differently from cliplab's.
+
+    Loading such weights into cliplab's model would give a model that runs but computes something
+    else, so every entry is checked (see ``_FIELDS``, ``_NEUTRAL`` and ``_IGNORED``).
+    """
+    for section in ("", "vision_cfg", "text_cfg"):
+        cfg = model_cfg if not section else (model_cfg.get(section) or {})
+        if not isinstance(cfg, Mapping):
+            raise CheckpointError(f"{source}: {section} is a {type(cfg).__name__}, expected an object")
+        where = f"{section}." if section else ""
+        for key, value in cfg.items():
+            if key in _FIELDS.get(section, ()) or key in _IGNORED[section]:
+                continue
+            if key not in _NEUTRAL[section]:
+                raise CheckpointError(
+                    f"{source}: {where}{key} is an open_clip setting cliplab does not know; refusing to load a "
+                    "model that might compute something else"
+                )
+            neutral = _NEUTRAL[section][key]
+            if value == neutral or value in _EQUIVALENT.get(key, ()) or (neutral is False and value is None):
+                continue
+            raise CheckpointError(
+                f"{source}: {where}{key}={value!r} describes an architecture cliplab does not implement "
+                f"(cliplab supports {where}{key}={neutral!r} only); use open_clip for this model"
+            )
+
+
+def to_model_cfg(config: CLIPConfig) -> dict:
+    """open_clip's ``model_cfg`` for a cliplab architecture (the inverse of :func:`config_from_model_cfg`)."""
+    v, t = config.vision, config.text
+    vision: dict = {"image_size": v.image_size, "layers": v.layers, "width": v.width}
+    if v.kind == "resnet":
+        vision["layers"] = list(v.layers)
+        vision["head_width"] = v.width * 32 // v.heads
+    else:
+        vision.update(patch_size=v.patch_size, head_width=v.width // v.heads, mlp_ratio=v.mlp_ratio)
+    text = {
+        "context_length": t.context_length,
+        "vocab_size": t.vocab_size,
+        "width": t.width,
+        "heads": t.heads,
+        "layers": t.layers,
+        "mlp_ratio": t.mlp_ratio,
+    }
+    return {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.quick_gelu,
+        "vision_cfg": vision,
+        "text_cfg": text,
+    }
+
+
+def _square_size(size: object) -> int:
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"image_size {list(size)} is not square; cliplab's towers take square images")
+        size = size[0]
+    return int(size)
 
 
 def preprocess_from_cfg(pre: Mapping, image_size: int) -> PreprocessConfig:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLIPConfig
+from .config import CLIPConfig, mlp_width
 from .modified_resnet import ModifiedResNet
 from .transformer import LayerNorm, Transformer
 from .vision_transformer import VisionTransformer
@@ -27,7 +27,10 @@ class CLIP(nn.Module):
         else:
             self.visual = VisionTransformer(v, config.embed_dim, config.quick_gelu)
         self.context_length = t.context_length
-        self.transformer = Transformer(t.width, t.layers, t.heads, config.quick_gelu)
+        self.vocab_size = t.vocab_size
+        self.transformer = Transformer(
+            t.width, t.layers, t.heads, config.quick_gelu, mlp_width(t.width, t.mlp_ratio)
+        )
         self.token_embedding = nn.Embedding(t.vocab_size, t.width)
         self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
         self.ln_final = LayerNorm(t.width)

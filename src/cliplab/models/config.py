@@ -33,8 +33,10 @@ class VisionConfig:
     width: int = 768
     heads: int = 12
     patch_size: int = 32  # ViT only
+    mlp_ratio: float = 4.0  # ViT only: MLP hidden width / width (ViT-g-14 and ViT-bigG-14 use others)
 
     def __post_init__(self) -> None:
+        _check_mlp_ratio(self.mlp_ratio, "vision")
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "resnet":
@@ -48,6 +50,8 @@ class VisionConfig:
                 )
             if (self.width * 32) % self.heads:
                 raise ValueError(f"vision.heads={self.heads} must divide the pooled width {self.width * 32}")
+            if self.mlp_ratio != 4.0:
+                raise ValueError(f"vision.mlp_ratio applies to ViTs only; a ResNet has {self.mlp_ratio}")
         else:
             if not isinstance(self.layers, int):
                 raise ValueError(f"vision.layers must be an int for a ViT, got {self.layers!r}")
@@ -72,12 +76,25 @@ class TextConfig:
     width: int = 512
     heads: int = 8
     layers: int = 12
+    mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
+        _check_mlp_ratio(self.mlp_ratio, "text")
         if self.width % self.heads:
             raise ValueError(f"text.heads={self.heads} must divide text.width={self.width}")
         if self.context_length < 2:
             raise ValueError(f"text.context_length must be >= 2, got {self.context_length}")
+
+
+def _check_mlp_ratio(ratio: float, tower: str) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
+        raise ValueError(f"{tower}.mlp_ratio must be a number in (0, 64], got {ratio!r}")
+
+
+def mlp_width(width: int, ratio: float) -> int:
+    """The MLP hidden width of a transformer block: ``int(width * ratio)``, truncated as open_clip does
+    (ViT-g-14: 6144, ViT-bigG-14: 8192; 96 x 4.9231 = 472.6 gives 472)."""
+    return int(width * ratio)
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,9 @@ class CLIPConfig:
         d = asdict(self)
         if isinstance(d["vision"]["layers"], tuple):
             d["vision"]["layers"] = list(d["vision"]["layers"])
+        for tower in ("vision", "text"):  # OpenAI's ratio is left out, so older files stay byte-identical
+            if d[tower]["mlp_ratio"] == 4.0:
+                del d[tower]["mlp_ratio"]
         return d
 
     def to_json(self) -> str:
@@ -173,6 +193,7 @@ def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool = True) -> CLIP
             width=width,
             heads=max(1, width // 64),
             patch_size=patch,
+            mlp_ratio=_mlp_ratio(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", width),
         )
     elif "visual.attnpool.positional_embedding" in sd:
         stages = tuple(
@@ -194,7 +215,19 @@ def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool = True) -> CLIP
         width=text_width,
         heads=max(1, text_width // 64),
         layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        mlp_ratio=_mlp_ratio(sd, "transformer.resblocks.0.mlp.c_fc.weight", text_width),
     )
     return CLIPConfig(
         embed_dim=sd["text_projection"].shape[1], vision=vision, text=text, quick_gelu=quick_gelu
     )
+
+
+def _mlp_ratio(sd: Mapping[str, Any], key: str, width: int) -> float:
+    """4.0 (OpenAI's) unless the first block's MLP says otherwise; then a ratio that gives it back."""
+    hidden = sd[key].shape[0] if key in sd else 4 * width
+    if hidden == 4 * width:
+        return 4.0
+    ratio = hidden / width
+    while mlp_width(width, ratio) < hidden:  # hidden / width may round down by an ulp
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio

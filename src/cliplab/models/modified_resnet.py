@@ -90,6 +90,11 @@ class ModifiedResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
         self.attnpool = AttentionPool2d(cfg.grid_size, width * 32, cfg.heads, output_dim)
 
+    @property
+    def input_resolution(self) -> int:
+        """The image side the tower expects (the attribute name of OpenAI's ``clip``)."""
+        return self.image_size
+
     def init_weights(self) -> None:
         std = self.attnpool.c_proj.in_features**-0.5
         for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):

@@ -52,15 +52,16 @@ class SelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, quick_gelu: bool = True):
+    def __init__(self, width: int, heads: int, quick_gelu: bool = True, mlp_width: int | None = None):
         super().__init__()
+        mlp_width = mlp_width or 4 * width  # OpenAI's 4x; some open_clip models use other ratios
         self.ln_1 = LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
+        self.mlp.add_module("c_fc", nn.Linear(width, mlp_width))
         self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
-        self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
+        self.mlp.add_module("c_proj", nn.Linear(mlp_width, width))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
@@ -68,12 +69,14 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool = True):
+    def __init__(
+        self, width: int, layers: int, heads: int, quick_gelu: bool = True, mlp_width: int | None = None
+    ):
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, quick_gelu, mlp_width) for _ in range(layers)]
         )
         self.grad_checkpointing = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import VisionConfig
+from .config import VisionConfig, mlp_width
 from .transformer import LayerNorm, Transformer
 
 
@@ -20,9 +20,16 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, quick_gelu)
+        self.transformer = Transformer(
+            width, cfg.layers, cfg.heads, quick_gelu, mlp_width(width, cfg.mlp_ratio)
+        )
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    @property
+    def input_resolution(self) -> int:
+        """The image side the tower expects (the attribute name of OpenAI's ``clip``)."""
+        return self.image_size
 
     def init_weights(self) -> None:
         self.transformer.init_weights()
