@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_data": [],
     "bench_synthetic": ["--n", "1000"],
     "bench_retrieval": ["--n-images", "5000", "--n-texts", "25000", "--chunk-sizes", "1024", "4096"],
+    "bench_search": ["--json", "{json}"],
 }
 
 

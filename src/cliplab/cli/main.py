@@ -22,6 +22,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "run a suite of evaluations from a YAML file"),
     "zeroshot": ("zeroshot", "label images with free-text class names"),
     "models": ("models", "list named architectures and downloadable weights"),
+    "embed": ("embed", "embed a folder, manifest or shards of images for search"),
+    "index": ("index", "build a FAISS index over embedding folders"),
+    "search": ("search", "query an index by text or example image"),
+    "serve": ("serve", "serve a search page and JSON API over an index"),
+    "export": ("export", "write a model for transformers, open_clip or ONNX Runtime"),
 }
 
 

@@ -1,4 +1,7 @@
-"""Batched image-feature extraction with an on-disk cache shared by all evaluation protocols.
+"""Image features of labelled evaluation sets, with an on-disk cache shared by all protocols.
+
+The images are encoded by the one inference layer (:func:`cliplab.inference.encode_images`, which
+search uses too); this module adds the labels and the cache.
 
 Features are computed once per (model weights, dataset samples, preprocessing) and stored as a
 safetensors file (plain tensors + string metadata: nothing is unpickled when reading it back). The
@@ -16,21 +19,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..fileio import atomic_write
+
+# SkippedImage, default_workers and model_fingerprint live in cliplab.inference; re-exported for old imports.
+from ..inference import SkippedImage, default_workers, encode_images, model_fingerprint  # noqa: F401
+from ..transforms import ImageLoadError
 from ..zeroshot.classifier import model_device
 
 CACHE_FORMAT = "cliplab-features-v1"
-
-
-class SkippedImage(NamedTuple):
-    """An image left out of the features: its index in the dataset, file (or key), and why."""
-
-    index: int
-    source: str
-    reason: str
 
 
 class ImageFeatures(NamedTuple):
@@ -39,24 +36,6 @@ class ImageFeatures(NamedTuple):
     features: torch.Tensor
     labels: torch.Tensor
     skipped: list[SkippedImage]
-
-
-def default_workers() -> int:
-    """DataLoader workers when none are given: every core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def dataset_fingerprint(dataset: Any) -> str:
@@ -88,8 +67,11 @@ def cache_file(cache_path: str | os.PathLike, dataset: Any) -> Path:
     return path / f"images-{dataset_fingerprint(dataset)[:20]}.pt"
 
 
-class _Indexed(torch.utils.data.Dataset):
-    """Yields ``(index, image, label, reason)``; ``image`` is None (with the reason) when unreadable."""
+class _DatasetImages:
+    """A labelled evaluation dataset seen as a label-free image collection (labels are read afterwards).
+
+    ``load`` returns the dataset's own transformed tensor, so its transform is the preprocessing.
+    """
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -97,65 +79,39 @@ class _Indexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        from ..transforms import ImageLoadError
-
-        if hasattr(self.dataset, "get"):
-            try:
-                image, label = self.dataset.get(index)
-            except ImageLoadError as exc:
-                return index, None, -1, str(exc)
-            return index, image, label, ""
+    def load(self, index: int) -> torch.Tensor:
+        if hasattr(self.dataset, "get"):  # cliplab datasets raise ImageLoadError naming the file
+            return self.dataset.get(index)[0]
         item = self.dataset[index]
-        return (index, None, -1, "unreadable image") if item is None else (index, item[0], item[1], "")
+        if item is None:
+            raise ImageLoadError("unreadable image")
+        return item[0]
+
+    def source(self, index: int) -> str:
+        return self.dataset.source(index) if hasattr(self.dataset, "source") else f"sample {index}"
 
 
-def _collate(items):
-    good = [it for it in items if it[1] is not None]
-    bad = [(it[0], it[3]) for it in items if it[1] is None]
-    images = torch.stack([it[1] for it in good]) if good else None
-    labels = torch.tensor([int(it[2]) for it in good], dtype=torch.long)
-    return images, labels, bad
-
-
-def _source(dataset: Any, index: int) -> str:
-    return dataset.source(index) if hasattr(dataset, "source") else f"sample {index}"
+def _labels(dataset: Any, indices: list[int]) -> torch.Tensor:
+    if hasattr(dataset, "labels"):
+        return torch.tensor([int(dataset.labels[i]) for i in indices], dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in indices], dtype=torch.long)  # a foreign dataset
 
 
 def _compute(
     model, dataset, batch_size: int, workers: int, device: torch.device, progress: bool
 ) -> ImageFeatures:
-    loader = torch.utils.data.DataLoader(
-        _Indexed(dataset),
+    out = encode_images(
+        model,
+        _DatasetImages(dataset),
         batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        workers=workers,
+        device=device,
+        progress=progress,
     )
-    feats, labels, skipped = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with (
-            torch.inference_mode(),
-            tqdm(total=len(dataset), desc="image features", unit="img", disable=not progress) as bar,
-        ):
-            for images, y, bad in loader:
-                skipped += [SkippedImage(i, _source(dataset, i), reason) for i, reason in bad]
-                if images is not None:
-                    out = model.encode_image(images.to(device, non_blocking=True))
-                    feats.append(F.normalize(out.float(), dim=-1).cpu())
-                    labels.append(y)
-                bar.update(len(y) + len(bad))
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError(
-            f"none of the {len(dataset)} images could be read (first: {skipped[0].reason if skipped else '-'})"
-        )
-    return ImageFeatures(torch.cat(feats), torch.cat(labels), skipped)
+    if not len(out.indices):
+        first = out.skipped[0].reason if out.skipped else "-"
+        raise ValueError(f"none of the {len(dataset)} images could be read (first: {first})")
+    return ImageFeatures(out.features, _labels(dataset, out.indices.tolist()), out.skipped)
 
 
 def save_features(path: str | os.PathLike, result: ImageFeatures, key: str) -> None:
@@ -202,8 +158,10 @@ def extract_image_features(
     the unreadable images (index, file, reason) and N = len(dataset) - len(skipped). Runs under
     ``torch.inference_mode`` in batches of ``batch_size``, loading images with ``workers``
     DataLoader processes (default: all cores; 0 loads in this process). ``device`` defaults to the
-    model's. With ``cache_path`` (a directory, or a file; see :func:`cache_file`) results are read from and
-    written to disk under a key of the model weights, the dataset's samples and its transform.
+    model's. The model's train/eval mode is left alone: a model in training mode with BatchNorm or
+    dropout is refused (``cliplab.inference.TrainingModeError``). With ``cache_path`` (a directory,
+    or a file; see :func:`cache_file`) results are read from and written to disk under a key of the
+    model weights, the dataset's samples and its transform.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

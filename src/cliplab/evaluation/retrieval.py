@@ -401,27 +401,12 @@ def encode_texts(
 ) -> torch.Tensor:
     """L2-normalised float32 text features [len(texts), D], truncating captions to the model's context.
 
+    The inference layer's :func:`cliplab.inference.encode_texts` with an explicit tokenizer;
     ``device`` defaults to the model's.
     """
-    from tqdm.auto import tqdm
+    from ..inference import encode_texts as _encode
 
-    device = model_device(model, device)
-    context_length = model.config.text.context_length
-    chunks = [torch.empty(0, model.config.embed_dim)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in tqdm(
-                range(0, len(texts), batch_size), desc="texts", unit="batch", disable=not progress
-            ):
-                tokens = tokenize(
-                    list(texts[start : start + batch_size]), context_length=context_length, truncate=True
-                )
-                chunks.append(model.encode_text(tokens.to(device), normalize=True).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    return _encode(model, texts, tokenize=tokenize, batch_size=batch_size, device=device, progress=progress)
 
 
 def _cached_texts(
@@ -436,7 +421,7 @@ def _cached_texts(
     # Keyed like the image-feature cache: model weights, then the captions and the context length.
     path = None
     if cache_dir is not None:
-        from .features import model_fingerprint
+        from ..inference import model_fingerprint
 
         h = hashlib.sha256(f"{model_fingerprint(model)}\n{model.config.text.context_length}\n".encode())
         for t in texts:
