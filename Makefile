@@ -3,23 +3,34 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cliplab-installed
+# The demo needs less than the tests: torch and cliplab[train] only (no test references, no browser),
+# so `make demo` on a fresh machine spends its minutes training, not installing.
+DEMO_STAMP := $(VENV)/.cliplab-demo-installed
 
 .PHONY: demo test test-fast bench lint setup clean
 
 setup: $(STAMP)
 
 # torch is pinned first so pip takes this machine's CPU build instead of a multi-GB CUDA one.
-# clip-anytorch carries OpenAI's reference model.py/simple_tokenizer.py used by the parity tests;
-# it declares torchvision (which does not import beside CPU torch 2.13), hence --no-deps.
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[train]"
+	touch $(DEMO_STAMP)
+
+# clip-anytorch carries OpenAI's reference model.py/simple_tokenizer.py used by the parity tests;
+# it declares torchvision (which does not import beside CPU torch 2.13), hence --no-deps.
+# Debian's chromium drives the search page's browser test (Playwright, never `playwright install`).
+$(STAMP): $(DEMO_STAMP)
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps "clip-anytorch==2.6.0"
+	command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -q && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The threads and seeds that make the table reproducible are in configs/demo.yaml (see README).
+demo: $(DEMO_STAMP)
 	$(PY) -m cliplab train --config configs/demo.yaml --out runs/demo --overwrite
 
 # setup installs every parity reference (transformers via [test], clip-anytorch above), so a missing

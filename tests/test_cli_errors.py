@@ -216,7 +216,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def test_typo_with_overwrite_leaves_the_old_run_intact(capsys, finished_run):
     before = snapshot(finished_run)
-    typos = ("--model=micr0", "--lr=abc", "--data.source=manifest", "--data.source=manifest --data.path=/no.csv")
+    typos = (
+        "--model=micr0",
+        "--lr=abc",
+        "--data.source=manifest",
+        "--data.source=manifest --data.path=/no.csv",
+    )
     for typo in typos:
         one_line_error(capsys, ["train", "--out", str(finished_run), "--overwrite", *MICRO, *typo.split()])
         assert snapshot(finished_run) == before, typo

@@ -71,7 +71,9 @@ PRELUDE = textwrap.dedent(
 
 def run_writer(name: str, target: Path, v: int, kill_at: str = "") -> subprocess.CompletedProcess:
     code = PRELUDE + WRITERS[name][0]
-    return subprocess.run([sys.executable, "-c", code, str(target), str(v), kill_at], capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(target), str(v), kill_at], capture_output=True, timeout=120
+    )
 
 
 def read_back(name: str, target: Path):

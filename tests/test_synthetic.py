@@ -30,7 +30,14 @@ from cliplab.data.synthetic import (
     sample_scene,
     zero_shot_tasks,
 )
-from cliplab.data.synthetic_render import BACKGROUND_COLOURS, OBJECT_COLOURS, PLURALS, font_dir
+from cliplab.data.synthetic_render import (
+    BACKGROUND_COLOURS,
+    INK_COLOURS,
+    OBJECT_COLOURS,
+    PAPER_COLOURS,
+    PLURALS,
+    font_dir,
+)
 from cliplab.data.writers import write_files, write_image_folder, write_webdataset
 from cliplab.errors import UsageError
 
@@ -149,8 +156,41 @@ def test_every_held_out_colour_and_shape_is_still_trained_with_other_partners(tr
 
 
 SHAPE_OF_WORD = {w: s for s in SHAPES for w in (s, PLURALS[s])}
-FONT_OF_WORD = {"serif": {"serif", "serif-bold"}, "bold": {"bold", "serif-bold"}, "italics": {"italic"}}
-FONT_OF_WORD |= {"slanted": {"italic"}, "monospace": {"mono"}, "typewriter": {"mono"}}
+FONT_OF_WORD = {
+    "serif": {"serif", "serif-bold", "serif-italic", "serif-bold-italic", "times"},
+    "bold": {
+        "bold",
+        "bold-italic",
+        "serif-bold",
+        "serif-bold-italic",
+        "mono-bold",
+        "times-bold",
+        "times-bold-italic",
+    },
+    "italics": {
+        "italic",
+        "bold-italic",
+        "serif-italic",
+        "serif-bold-italic",
+        "times-italic",
+        "times-bold-italic",
+    },
+    "slanted": {"italic", "mono-italic"},
+    "monospace": {"mono", "mono-bold"},
+    "typewriter": {"mono", "mono-italic"},
+    "book": {"times", "times-bold", "times-italic", "times-bold-italic"},
+}
+NUMBER_WORD = dict(
+    zip(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+        "0123456789",
+        strict=True,
+    )
+)
+HAND_WORDS, PRINT_WORDS = (
+    {"handwritten", "hand", "scribbled", "handwriting"},
+    {"printed", "typed", "typeset", "print"},
+)
 PATTERN_OF_WORD = {
     "plain": "plain",
     "striped": "striped",
@@ -160,7 +200,31 @@ PATTERN_OF_WORD = {
 }
 
 
+def _check_glyph_caption(caption: str, attrs: dict) -> None:
+    """A digit alone on paper: its digit or number word, its ink and paper, how it was made."""
+    words = set(re.findall(r"[a-z0-9]+", caption))
+    text = attrs["text"]
+    assert {w for w in words if w.isdigit()} | {NUMBER_WORD[w] for w in words if w in NUMBER_WORD} == {
+        text["text"]
+    }
+    named, rest = set(), caption
+    for n in sorted((*INK_COLOURS, *PAPER_COLOURS), key=len, reverse=True):  # "black ink" before "black"
+        if re.search(rf"\b{n}\b", rest):
+            named.add(n)
+            rest = re.sub(rf"\b{n}\b", " ", rest)
+    assert named <= {text["colour"], attrs["background"]["colour"]}, caption
+    loose = words - {w for n in named for w in n.split()}  # colour words outside an ink or paper name
+    assert not loose & (set(OBJECT_COLOURS) | set(BACKGROUND_COLOURS)), caption
+    assert not words & (HAND_WORDS if text["kind"] == "printed" else PRINT_WORDS), caption
+    for w in words & set(FONT_OF_WORD):
+        assert text["font"] in FONT_OF_WORD[w], caption
+    not_there = {"left", "right", "top", "bottom", "small", "large", "shape", "object", *SHAPE_OF_WORD}
+    assert not words & not_there, caption
+
+
 def _check_caption(caption: str, scene, attrs: dict) -> None:
+    if attrs["kind"] == "glyph":
+        return _check_glyph_caption(caption, attrs)
     words = re.findall(r"[a-z0-9]+", caption)
     objs, text = attrs["objects"], attrs.get("text")
     colours = (
@@ -194,7 +258,7 @@ def test_captions_mention_only_what_is_in_the_scene(train_scenes):
         assert attrs["count"] == len(scene.shapes) == len(attrs["objects"])
         _check_caption(caption, scene, attrs)
         json.dumps(attrs)  # JSON-serialisable
-    assert set(kinds) == {"single", "relation", "count", "group", "digit", "word"}
+    assert set(kinds) == {"single", "relation", "count", "group", "digit", "word", "glyph"}
 
 
 def test_attribute_geometry_matches_its_words(train_scenes):

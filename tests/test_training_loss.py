@@ -205,6 +205,27 @@ def test_frozen_parameters_are_left_out_of_the_optimizer():
 # Schedule
 
 
+def test_fused_adamw_matches_the_per_parameter_loop():
+    """The trainer's optimizer takes torch's fused kernel on CPU; it must do the loop's arithmetic."""
+    torch.manual_seed(0)
+    model, plain_model = cliplab.create_model("micro"), cliplab.create_model("micro")
+    plain_model.load_state_dict(model.state_dict())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    plain = build_optimizer(plain_model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, fused=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g) for p in model.parameters()]
+        for m, opt in ((model, fused), (plain_model, plain)):
+            for p, grad in zip(m.parameters(), grads, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+    for (name, a), b in zip(model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.equal(a, start[name]), f"{name} did not move"
+
+
 def test_cosine_schedule_warmup_and_end_values():
     base, warm, total, floor = 5e-4, 10, 110, 1e-5
     lrs = [cosine_lr(s, base, warm, total, floor) for s in range(total + 5)]

@@ -66,7 +66,11 @@ def test_changed_batch_size_is_refused_naming_the_setting(reference, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "batch_size 8 -> 12" in result.stderr and "Traceback" not in result.stderr
     result = train(run, *BASE, "--seed=3", "--data.synthetic_size=48", "--resume", "latest", timeout=60)
-    assert result.returncode == 2 and "seed 0 -> 3" in result.stderr and "data.synthetic_size 24 -> 48" in result.stderr
+    assert (
+        result.returncode == 2
+        and "seed 0 -> 3" in result.stderr
+        and "data.synthetic_size 24 -> 48" in result.stderr
+    )
 
 
 def test_position_at_the_end_of_an_epoch_moves_to_the_next(reference, tmp_path):

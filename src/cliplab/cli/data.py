@@ -2,6 +2,7 @@
 
 cliplab data synthetic --out data/synth --n 10000 --format webdataset
 cliplab data tasks --out data/tasks --per-class 50
+cliplab data transfer --out data/transfer      # printed-digits/ and handwritten-digits/, folders 0..9
 
 Both refuse a non-empty ``--out`` unless ``--overwrite`` is given, and check every argument before
 anything is removed or written.
@@ -35,7 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--per-class", type=int, default=20, help="images per class")
     tasks.add_argument("--seed", type=int, default=0)
     tasks.add_argument("--tasks", nargs="+", default=None, help="subset of tasks (default: all)")
-    for p in (syn, tasks):
+    transfer = sub.add_parser(
+        "transfer",
+        help="the transfer sets (digits in held-out typefaces, real handwriting) as image folders 0..9",
+    )
+    transfer.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new)")
+    transfer.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="side of the printed digits in pixels (the model's input size)",
+    )
+    for p in (syn, tasks, transfer):
         p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,7 +65,7 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--n must be >= 1, got {args.n}")
         if args.shard_size < 1:
             raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
-    else:
+    elif args.data_command == "tasks":
         from cliplab.data.synthetic import TASKS
 
         if args.per_class < 1:
@@ -61,6 +73,11 @@ def validate(args: argparse.Namespace) -> None:
         unknown = [n for n in args.tasks or [] if n not in TASKS]
         if unknown:
             raise UsageError(f"--tasks: unknown task(s) {unknown}; available: {' '.join(TASKS)}")
+    else:
+        from cliplab.data.synthetic_render import font_dir
+        from cliplab.data.transfer import mnist_file
+
+        font_dir(), mnist_file()  # both sources are installed, before anything is removed
     check_output_dir(args.out, args.overwrite)
 
 
@@ -80,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             shards = write_webdataset(data, args.out, shard_size=args.shard_size, progress=progress)
             print(f"wrote {args.n} samples in {len(shards)} shard(s) under {args.out}")
+        return 0
+    if args.data_command == "transfer":
+        from cliplab.data.transfer import TRANSFER_SETS, transfer_set
+
+        for name in TRANSFER_SETS:
+            task = transfer_set(name, args.image_size)
+            folder = write_image_folder(task, args.out / name, progress=progress, prompts=False)
+            print(f"{name}: {len(task.classnames)} classes, {len(task.labels)} images -> {folder}")
         return 0
     for task in zero_shot_tasks(args.image_size, args.per_class, args.seed, args.tasks):
         folder = write_image_folder(task, args.out / task.name, progress=progress)

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     zs.add_argument(
         "--data",
         required=True,
-        help="image folder, CSV/JSONL manifest, webdataset shards, or synthetic:<task>",
+        help="image folder, CSV/JSONL manifest, webdataset shards, synthetic:<task> or transfer:<set>",
     )
     zs.add_argument(
         "--classnames",
@@ -115,8 +115,12 @@ def validate(args: argparse.Namespace) -> None:
     inputs = {"zeroshot": ("--data",), "linear-probe": ("--train", "--test"), "retrieval": ("--data",)}
     for flag in inputs[args.protocol]:
         value = getattr(args, flag[2:].replace("-", "_"))
-        if not str(value).startswith("synthetic:") and not _exists(value):
+        if not str(value).startswith(BUILTIN_SCHEMES) and not _exists(value):
             raise UsageError(f"{flag} {value}: no such file, folder or shard pattern")
+
+
+# Built-in sets named instead of read from a path (see evaluation.datasets.load_classification_dataset).
+BUILTIN_SCHEMES = ("synthetic:", "transfer:")
 
 
 def _exists(spec: str) -> bool:
@@ -156,6 +160,7 @@ def _zeroshot(args, model, preprocess, device: str) -> dict[str, Any]:
         args.templates,
         path_column=args.path_column,
         label_column=args.label_column,
+        synthetic_image_size=model.image_size,  # built-in sets are drawn at the model's input size
     )
     if args.confusion and len(classnames) > CONFUSION_PNG_MAX_CLASSES:
         from cliplab.errors import UsageError

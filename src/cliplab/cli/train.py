@@ -79,8 +79,8 @@ def print_summary(summary: dict) -> None:
         f"non-finite steps {summary['nonfinite_steps']}"
     )
     if summary["zeroshot"]:
-        print(f"\n{'zero-shot task':<16}{'top-1':>8}{'chance':>9}")
+        print(f"\n{'zero-shot task':<20}{'top-1':>8}{'chance':>9}")
         for task, r in summary["zeroshot"].items():
-            print(f"{task:<16}{r['top1']:>8.1%}{r['chance']:>9.1%}")
-        print(f"{'mean':<16}{summary['zeroshot_mean']:>8.1%}")
+            print(f"{task:<20}{r['top1']:>8.1%}{r['chance']:>9.1%}")
+        print(f"{'mean':<20}{summary['zeroshot_mean']:>8.1%}")
     print(f"\nmodel: {summary['final_checkpoint']}")

@@ -123,11 +123,13 @@ class SyntheticSource:
     The pixels are identical to rendering on the fly.
     """
 
-    def __init__(self, size: int, seed: int, image_size: int, cache: bool = False) -> None:
+    def __init__(
+        self, size: int, seed: int, image_size: int, cache: bool = False, progress: bool = True
+    ) -> None:
         from .synthetic import SyntheticCaptions
 
         self.data = SyntheticCaptions(size, seed=seed, image_size=image_size, split="train")
-        self.cached = _render_cached(size, seed, image_size) if cache else None
+        self.cached = _render_cached(size, seed, image_size, progress) if cache else None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -152,7 +154,9 @@ def _render_range(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, lis
     return np.stack([np.asarray(s.image, dtype=np.uint8) for s in samples]), [s.caption for s in samples]
 
 
-def _render_cached(size: int, seed: int, image_size: int) -> tuple[np.ndarray, StringTable]:
+def _render_cached(
+    size: int, seed: int, image_size: int, progress: bool = True
+) -> tuple[np.ndarray, StringTable]:
     key = (size, seed, image_size)
     if key not in _SYNTHETIC_CACHE:
         import multiprocessing as mp
@@ -165,7 +169,7 @@ def _render_cached(size: int, seed: int, image_size: int) -> tuple[np.ndarray, S
         captions: list[str] = []
         processes = max(1, min(os.cpu_count() or 1, len(jobs)))
         with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(processes) as pool:
-            bar = tqdm(total=size, desc="rendering synthetic set", unit="img")
+            bar = tqdm(total=size, desc="rendering synthetic set", unit="img", disable=not progress)
             for job, (arr, caps) in zip(jobs, pool.imap(_render_range, jobs), strict=True):
                 start = job[3]
                 pixels[start : start + len(arr)] = arr
@@ -239,6 +243,7 @@ def build_train_loader(
     start_batch: int = 0,
     image_size: int | None = None,
     pin_memory: bool = False,
+    progress: bool = True,
 ) -> TrainLoader:
     """The ``TrainLoader`` for epoch ``epoch`` on rank ``rank`` of ``world_size``.
 
@@ -246,6 +251,7 @@ def build_train_loader(
     list of captions to [N, ctx] token ids. ``image_size`` is the size the synthetic source renders
     at (default 64). ``pin_memory=True`` (for training on CUDA) yields batches in page-locked
     memory. Manifests are read and validated here, so a malformed line fails before training starts.
+    ``progress`` shows a bar while the synthetic set is rendered into its cache.
     """
     _check_positions(batch_size, rank, world_size, start_batch)
     maker = SampleMaker(transform, tokenize)
@@ -261,7 +267,7 @@ def build_train_loader(
         source = ManifestSource(read_manifest(cfg.path, cfg.image_key, cfg.caption_key))
     else:
         source = SyntheticSource(
-            cfg.synthetic_size, cfg.synthetic_seed, image_size or 64, cfg.synthetic_cache
+            cfg.synthetic_size, cfg.synthetic_seed, image_size or 64, cfg.synthetic_cache, progress
         )
     batches = epoch_batches(len(source), batch_size, seed, epoch, rank, world_size)
     if not batches:

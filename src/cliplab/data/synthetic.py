@@ -23,15 +23,23 @@ from typing import Any
 
 from PIL import Image
 
+from cliplab.data.glyphs import handwritten_digit
 from cliplab.data.synthetic_render import (
     BACKGROUND_COLOURS,
     COUNT_ONE_TEMPLATES,
     COUNT_TEMPLATES,
+    DARK_INKS,
+    DARK_PAPERS,
     DIGIT_TEMPLATES,
     FONT_FILES,
     FONT_PHRASES,
+    GLYPH_HAND,
+    GLYPH_PRINT,
+    GLYPH_TEMPLATES,
     GROUP_TEMPLATES,
     INVERSE,
+    LIGHT_INKS,
+    LIGHT_PAPERS,
     MIN_CONTRAST,
     OBJECT_COLOURS,
     PATTERNS,
@@ -43,9 +51,12 @@ from cliplab.data.synthetic_render import (
     SINGLE_TEMPLATES,
     WORD_TEMPLATES,
     Background,
+    Finish,
     Scene,
     ShapeSpec,
+    StrokeSpec,
     TextSpec,
+    article,
     background_phrase,
     contrast,
     fill_template,
@@ -59,6 +70,18 @@ SHAPES: tuple[str, ...] = tuple(SHAPE_OUTLINES)
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
 DIGITS: tuple[str, ...] = tuple("0123456789")
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 WORDS: tuple[str, ...] = ("cat", "dog", "sun", "car", "cup", "hat", "bird", "fish")
 
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -74,13 +97,16 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 _HELD_OUT = frozenset(HELD_OUT_PAIRS)
 
 # (scene kind, weight) for training captions; text gets a large share because reading is slow to learn.
+# "glyph": a digit alone on paper or a slate, handwritten (see cliplab.data.glyphs) or printed, often
+# blurred or seen at low resolution, as in scans and photos of documents.
 KIND_WEIGHTS: tuple[tuple[str, int], ...] = (
-    ("single", 28),
-    ("relation", 17),
-    ("count", 17),
-    ("group", 10),
-    ("digit", 18),
-    ("word", 10),
+    ("single", 26),
+    ("relation", 12),
+    ("count", 14),
+    ("group", 6),
+    ("digit", 14),
+    ("word", 4),
+    ("glyph", 28),
 )
 
 # Which object colours stand out on each background, in a fixed order.
@@ -162,11 +188,18 @@ def _grid(rng: random.Random, n: int, rmin: float, rmax: float) -> list[tuple[fl
 def _single(rng: random.Random, bg: Background) -> tuple[list, list[dict], str, dict]:
     colour, shape = _colour_shape(rng, bg.colour)
     position = rng.choice(POSITIONS)
-    r = rng.uniform(0.1, 0.15) if rng.random() < 0.5 else rng.uniform(0.2, 0.26)
+    # Mostly large: at the demo's 32 px a small shape is a few pixels wide, too few to tell a circle from
+    # a hexagon, so its caption would teach the shape words little.
+    r = rng.uniform(0.12, 0.155) if rng.random() < 0.35 else rng.uniform(0.2, 0.28)
     spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
     obj["position"] = position
     fields = noun_phrase(rng, obj, p_size=0.45)
-    posw = rng.choice(POSITION_PHRASES[position]) if rng.random() < 0.55 else ""
+    posw = rng.choice(POSITION_PHRASES[position]) if rng.random() < 0.7 else ""
+    if posw and rng.random() < 0.2:
+        # Position alone: in a batch, colour and shape already tell most captions apart, so a caption
+        # that says nothing else is what makes the position words carry meaning.
+        noun = rng.choice(("shape", "object", "thing"))
+        fields |= {"np": noun, "a_np": article(noun), "colour": "", "shape": ""}
     fields |= {
         "P": rng.choice(PREFIXES),
         "posw": posw,
@@ -272,10 +305,63 @@ def _text(rng: random.Random, bg: Background, kind: str) -> tuple[list, list[dic
     return [spec], [], caption, {"text": info}
 
 
+def _glyph(rng: random.Random) -> tuple[Scene, str, dict]:
+    digit = rng.choice(DIGITS)
+    hand = rng.random() < 0.55
+    light = rng.random() < 0.6  # dark ink on light paper, else a light stroke on a dark ground
+    paper = rng.choice(LIGHT_PAPERS if light else DARK_PAPERS)
+    ink = rng.choice(DARK_INKS if light else LIGHT_INKS)
+    height = rng.uniform(0.45, 0.85)
+    x, y = (0.5 + rng.uniform(-0.5, 0.5) * (1 - height) * 0.8 for _ in range(2))
+    if hand:
+        spec: StrokeSpec | TextSpec = StrokeSpec(
+            handwritten_digit(rng, digit), ink, x, y, height, rng.uniform(0.07, 0.2)
+        )
+        font = None
+    else:
+        font = rng.choice(tuple(FONT_FILES))
+        spec = TextSpec(digit, font, ink, x, y, height * 1.25, rng.uniform(-10.0, 10.0))
+    low_res = rng.choice((0, 0, 0, 28, 24, 20, 16, 12, 10, 8))
+    finish = Finish(
+        low_res=low_res,
+        blur=rng.choice((0.0, 0.0, 0.5, 0.8, 1.2)),
+        noise=rng.choice((0.0, 0.0, 4.0, 10.0)),
+        seed=rng.getrandbits(32),
+    )
+    on = rng.choice((f" on {paper}", f" in {ink}", f" in {ink} on {paper}")) if rng.random() < 0.35 else ""
+    fields = {
+        "P": rng.choice(PREFIXES),
+        "t": digit if rng.random() < 0.8 else NUMBER_WORDS[int(digit)],
+        "d": digit,
+        "w": NUMBER_WORDS[int(digit)],
+        "adj": rng.choice((GLYPH_HAND if hand else GLYPH_PRINT)[0]),
+        "how": rng.choice((GLYPH_HAND if hand else GLYPH_PRINT)[1]),
+        "on": on,
+        "fuzzy": rng.choice(("blurry ", "low resolution ", "pixelated ", "fuzzy "))
+        if low_res and low_res <= 16 and rng.random() < 0.4
+        else "",
+        "font": " " + rng.choice(FONT_PHRASES[font]) if font and rng.random() < 0.2 else "",
+    }
+    caption = fill_template(rng, GLYPH_TEMPLATES, fields)
+    scene = Scene(
+        Background(paper), texts=(spec,) if font else (), strokes=() if font else (spec,), finish=finish
+    )
+    attrs = {
+        "kind": "glyph",
+        "text": {"text": digit, "kind": "handwritten" if hand else "printed", "font": font, "colour": ink},
+        "background": {"colour": paper, "pattern": "plain"},
+        "objects": [],
+        "count": 0,
+    }
+    return scene, caption, attrs
+
+
 def sample_scene(seed: int, split: str, index: int) -> tuple[Scene, str, dict[str, Any]]:
     """The scene, caption and attributes of sample `index`, without drawing any pixels."""
     rng = make_rng(seed, split, index)
     kind = rng.choices([k for k, _ in KIND_WEIGHTS], weights=[w for _, w in KIND_WEIGHTS])[0]
+    if kind == "glyph":
+        return _glyph(rng)
     bg = _background(rng)
     if kind in ("digit", "word"):
         specs, objs, caption, extra = _text(rng, bg, kind)

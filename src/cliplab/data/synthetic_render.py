@@ -22,7 +22,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from cliplab.errors import UsageError
 
@@ -49,16 +49,59 @@ BACKGROUND_COLOURS: dict[str, RGB] = {
     "green": (28, 80, 42),
 }
 
+# Plain grounds for digits written or printed on their own (documents, slates, scans).
+PAPER_COLOURS: dict[str, RGB] = {
+    "white paper": (246, 245, 240),
+    "cream paper": (238, 228, 200),
+    "gray paper": (196, 196, 192),
+    "black": (6, 6, 6),
+    "dark blue": (20, 26, 60),
+    "dark gray": (48, 48, 52),
+}
+LIGHT_PAPERS = ("white paper", "cream paper", "gray paper")
+DARK_PAPERS = ("black", "dark blue", "dark gray")
+
+# Inks and chalks for those digits; the caption word for each is its key.
+INK_COLOURS: dict[str, RGB] = {
+    "black ink": (16, 16, 20),
+    "pencil": (84, 84, 90),
+    "blue ink": (28, 48, 150),
+    "red ink": (170, 30, 30),
+    "white chalk": (244, 244, 244),
+    "yellow chalk": (240, 220, 120),
+    "light gray": (190, 190, 190),
+}
+DARK_INKS = ("black ink", "pencil", "blue ink", "red ink")
+LIGHT_INKS = ("white chalk", "yellow chalk", "light gray")
+
 PATTERNS: tuple[str, ...] = ("plain", "striped", "dotted", "gradient")
 
-# Caption word -> file under matplotlib's mpl-data/fonts/ttf.
+# Training typefaces: key -> file under matplotlib's mpl-data/fonts/ttf. The DejaVu and STIX
+# families only; the Computer Modern files beside them (TRANSFER_FONT_FILES) are kept for the
+# printed-digits transfer evaluation and never drawn by the training generator.
 FONT_FILES: dict[str, str] = {
     "sans": "DejaVuSans.ttf",
     "bold": "DejaVuSans-Bold.ttf",
     "italic": "DejaVuSans-Oblique.ttf",
+    "bold-italic": "DejaVuSans-BoldOblique.ttf",
     "serif": "DejaVuSerif.ttf",
     "serif-bold": "DejaVuSerif-Bold.ttf",
+    "serif-italic": "DejaVuSerif-Italic.ttf",
+    "serif-bold-italic": "DejaVuSerif-BoldItalic.ttf",
     "mono": "DejaVuSansMono.ttf",
+    "mono-bold": "DejaVuSansMono-Bold.ttf",
+    "mono-italic": "DejaVuSansMono-Oblique.ttf",
+    "times": "STIXGeneral.ttf",
+    "times-bold": "STIXGeneralBol.ttf",
+    "times-italic": "STIXGeneralItalic.ttf",
+    "times-bold-italic": "STIXGeneralBolIta.ttf",
+}
+TRANSFER_FONT_FILES: dict[str, str] = {
+    "cm-roman": "cmr10.ttf",
+    "cm-bold": "cmb10.ttf",
+    "cm-sans": "cmss10.ttf",
+    "cm-italic": "cmti10.ttf",
+    "cm-typewriter": "cmtt10.ttf",
 }
 
 MIN_CONTRAST = 95.0  # RGB distance below which an object would blend into its background
@@ -94,10 +137,34 @@ class TextSpec:
 
 
 @dataclass(frozen=True)
+class StrokeSpec:
+    """Pen strokes (as from :func:`cliplab.data.glyphs.handwritten_digit`) placed in the image."""
+
+    strokes: tuple[tuple[tuple[float, float], ...], ...]  # points in a unit box, y downwards
+    colour: str
+    x: float  # centre of the box, unit coordinates
+    y: float
+    height: float  # box side as a fraction of the image side
+    width: float  # pen width as a fraction of `height`
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What a camera or scanner does after drawing: a low-resolution round trip, blur and noise."""
+
+    low_res: int = 0  # pixels per side to shrink to and enlarge back from (0: none)
+    blur: float = 0.0  # Gaussian radius in output pixels
+    noise: float = 0.0  # standard deviation of per-pixel noise, in 0-255 units
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Scene:
     background: Background
     shapes: tuple[ShapeSpec, ...] = ()
     texts: tuple[TextSpec, ...] = field(default_factory=tuple)
+    strokes: tuple[StrokeSpec, ...] = ()
+    finish: Finish | None = None
 
 
 def _regular(n: int, radius: float, phase: float) -> list[tuple[float, float]]:
@@ -163,8 +230,16 @@ def contrast(colour: RGB, background: str) -> float:
     return min(math.dist(colour, tone) for tone in _background_tones(background))
 
 
+def colour_rgb(name: str) -> RGB:
+    """RGB of an object colour, ink or paper name."""
+    rgb = OBJECT_COLOURS.get(name) or INK_COLOURS.get(name) or PAPER_COLOURS.get(name)
+    if rgb is None:
+        raise ValueError(f"unknown colour {name!r}")
+    return rgb
+
+
 def _background_tones(name: str) -> tuple[RGB, RGB]:
-    base = BACKGROUND_COLOURS[name]
+    base = BACKGROUND_COLOURS.get(name) or PAPER_COLOURS[name]
     # Patterns use a second tone of the same colour, so the background keeps a single colour name.
     target = 0 if sum(base) > 3 * 128 else 255
     second = tuple(round(c + 0.22 * (target - c)) for c in base)
@@ -187,7 +262,7 @@ def font_dir() -> Path:
 
 @lru_cache(maxsize=4096)
 def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
-    path = font_dir() / FONT_FILES[name]
+    path = font_dir() / (FONT_FILES.get(name) or TRANSFER_FONT_FILES[name])
     if not path.is_file():
         raise UsageError(
             f"font {path} is missing from matplotlib; reinstall it: pip install --force-reinstall matplotlib"
@@ -211,7 +286,35 @@ def render(scene: Scene, image_size: int) -> Image.Image:
         _draw_shape(draw, spec, side)
     for spec in scene.texts:
         _draw_text(img, spec, side)
-    return img.reduce(k)
+    for spec in scene.strokes:
+        _draw_strokes(draw, spec, side)
+    img = img.reduce(k)
+    return _apply_finish(img, scene.finish) if scene.finish else img
+
+
+def _draw_strokes(draw: ImageDraw.ImageDraw, spec: StrokeSpec, side: int) -> None:
+    colour = colour_rgb(spec.colour)
+    h = spec.height * side
+    pen = max(1.0, spec.width * h)
+    x0, y0 = spec.x * side - h / 2, spec.y * side - h / 2
+    for stroke in spec.strokes:
+        pts = [(x0 + x * h, y0 + y * h) for x, y in stroke]
+        draw.line(pts, fill=colour, width=round(pen), joint="curve")
+        for x, y in (pts[0], pts[-1]):  # round pen ends
+            draw.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=colour)
+
+
+def _apply_finish(img: Image.Image, finish: Finish) -> Image.Image:
+    if finish.low_res:
+        img = img.resize((finish.low_res,) * 2, Image.Resampling.BOX).resize(
+            img.size, Image.Resampling.BILINEAR
+        )
+    if finish.blur:
+        img = img.filter(ImageFilter.GaussianBlur(finish.blur))
+    if finish.noise:
+        noise = np.random.default_rng(finish.seed).normal(0.0, finish.noise, (img.height, img.width, 1))
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+    return img
 
 
 def _draw_background(bg: Background, side: int) -> Image.Image:
@@ -299,7 +402,7 @@ def _draw_text(img: Image.Image, spec: TextSpec, side: int) -> None:
     # Keep the whole glyph box inside the image, moving the centre as little as needed.
     x0 = round(min(max(spec.x * side - w / 2, 0), side - w))
     y0 = round(min(max(spec.y * side - h / 2, 0), side - h))
-    img.paste(OBJECT_COLOURS[spec.colour], (x0, y0, x0 + w, y0 + h), mask)
+    img.paste(colour_rgb(spec.colour), (x0, y0, x0 + w, y0 + h), mask)
 
 
 # ---------------------------------------------------------------- words
@@ -335,9 +438,18 @@ FONT_PHRASES = {
     "sans": ("in a sans font", "in regular letters"),
     "bold": ("in bold", "in bold letters"),
     "italic": ("in italics", "in slanted letters"),
+    "bold-italic": ("in bold italics",),
     "serif": ("in a serif font",),
     "serif-bold": ("in a bold serif font",),
+    "serif-italic": ("in serif italics",),
+    "serif-bold-italic": ("in bold serif italics",),
     "mono": ("in a monospace font", "in a typewriter font"),
+    "mono-bold": ("in a bold monospace font",),
+    "mono-italic": ("in slanted typewriter letters",),
+    "times": ("in a book font", "in a serif font"),
+    "times-bold": ("in a bold book font",),
+    "times-italic": ("in book italics",),
+    "times-bold-italic": ("in bold book italics",),
 }
 
 SINGLE_TEMPLATES = (
@@ -370,7 +482,19 @@ WORD_TEMPLATES = (
     "the word {t}{col}{font}{bg}.", '{P}the word "{t}"{col}{bg}.', "{P}the text {t} written{col}{font}.",
     "a sign that says {t}{col}{bg}.", "{t} written in {colour} letters{bg}.", "the word {t}{tilt}.",
 )  # fmt: skip
-OPTIONAL_FIELDS = frozenset({"P", "pos", "bg", "col", "font", "tilt"})
+# Digits alone ("glyph" scenes): {t} is the digit or its word, {d} always the digit, {w} the word.
+# {adj} goes before the digit, {how} after it.
+GLYPH_HAND = (
+    ("handwritten", "hand-written", "hand-drawn", "scribbled"),
+    ("written by hand", "in handwriting", "handwritten"),
+)
+GLYPH_PRINT = (("printed", "typed", "typeset"), ("in print", "printed", "typed"))
+GLYPH_TEMPLATES = (
+    "{P}the digit {d}{on}.", "{P}the number {t}{on}.", "{P}a {t}{on}.", "{P}a {fuzzy}{d}.", "{d}",
+    "{P}a {adj} {d}{on}.", "{P}the {adj} digit {d}{font}.", "{P}the number {w}{on}.", "the digit {d}, {how}.",
+    "{P}a {fuzzy}picture of the number {d}.", "a {d} {how}{on}.", "{P}the number {d} ({w}){font}.",
+)  # fmt: skip
+OPTIONAL_FIELDS = frozenset({"P", "pos", "bg", "col", "font", "tilt", "on", "fuzzy"})
 
 
 def article(phrase: str) -> str:

@@ -120,12 +120,14 @@ def folder_name(classname: str) -> str:
 
 
 def write_image_folder(
-    task: Any, out_dir: str | Path, image_format: str = "png", progress: bool = True
+    task: Any, out_dir: str | Path, image_format: str = "png", progress: bool = True, prompts: bool = True
 ) -> Path:
     """Write a zero-shot task as `out_dir/<class folder>/<i>.png`; return `out_dir`.
 
-    Also writes `classnames.txt` (real class names, one per line, in label order), `folders.txt`
-    (the folder of each class, same order) and `templates.txt` (one prompt template per line).
+    With `prompts`, also writes `classnames.txt` (real class names, one per line, in label order),
+    `folders.txt` (the folder of each class, same order) and `templates.txt` (one prompt template per
+    line). Without, the folder is what a user would have: class folders named after their classes,
+    scored with the default templates.
     """
     out = Path(out_dir)
     folders: list[str] = []
@@ -140,6 +142,10 @@ def write_image_folder(
     pairs = list(zip(task.images, task.labels, strict=True))
     for i, (image, label) in enumerate(_progress(pairs, f"writing {task.name}", progress)):
         (out / folders[label] / f"{i:05d}.{ext}").write_bytes(encode_image(image, image_format))
+    if not prompts:
+        if folders != list(task.classnames):
+            raise ValueError(f"{task.name}: class names {task.classnames} are not usable as folder names")
+        return out
     (out / "classnames.txt").write_text("\n".join(task.classnames) + "\n", encoding="utf-8")
     (out / "folders.txt").write_text("\n".join(folders) + "\n", encoding="utf-8")
     (out / "templates.txt").write_text("\n".join(task.templates) + "\n", encoding="utf-8")

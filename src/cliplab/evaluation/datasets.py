@@ -450,7 +450,10 @@ class InMemoryDataset(ClassificationDataset):
     @classmethod
     def from_task(cls, task: Any, transform: Transform | None = None) -> InMemoryDataset:
         """Wrap a ``ZeroShotTask`` (name, classnames, templates, images, labels)."""
-        dataset = cls(task.images, task.labels, task.classnames, transform, name=f"synthetic:{task.name}")
+        from ..data.transfer import TRANSFER_SETS
+
+        scheme = "transfer" if task.name in TRANSFER_SETS else "synthetic"
+        dataset = cls(task.images, task.labels, task.classnames, transform, name=f"{scheme}:{task.name}")
         dataset.templates = list(task.templates)
         return dataset
 
@@ -480,7 +483,8 @@ def load_classification_dataset(
 ) -> ClassificationDataset:
     """Open a dataset, choosing the reader from ``spec``.
 
-    ``synthetic:<task>`` (``colour``, ``shape``, ``count``...: cliplab's built-in tasks); a ``.csv``,
+    ``synthetic:<task>`` (``colour``, ``shape``, ``count``...: cliplab's built-in tasks),
+    ``transfer:<set>`` (``printed-digits``, ``handwritten-digits``: see cliplab.data.transfer); a ``.csv``,
     ``.tsv`` or ``.jsonl`` manifest; a ``.tar`` shard, a shard pattern, or a directory of ``*.tar``
     shards; otherwise a directory of class folders.
     """
@@ -490,6 +494,10 @@ def load_classification_dataset(
 
         (task,) = zero_shot_tasks(image_size=synthetic_image_size, names=[text.split(":", 1)[1]])
         return InMemoryDataset.from_task(task, transform)
+    if text.startswith("transfer:"):
+        from ..data.transfer import transfer_set
+
+        return InMemoryDataset.from_task(transfer_set(text.split(":", 1)[1], synthetic_image_size), transform)
     suffix = Path(text).suffix.lower()
     if suffix in MANIFEST_SUFFIXES:
         return ManifestDataset(

@@ -57,7 +57,7 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive NaN/inf losses tolerated (steps skipped) before stopping
     tensorboard: bool = True
     # zero-shot evaluation sets during training, as `cliplab eval zeroshot --data` takes them (image
-    # folders with classnames/templates, manifests, shards, synthetic:<task>); None: the synthetic
+    # folders with classnames/templates, manifests, shards, synthetic:<task>, transfer:<set>); None: the synthetic
     # tasks when training on the synthetic set, else no evaluation
     eval_data: list[str] | None = None
     # several processes (torchrun): seconds a collective may wait for a peer before the run stops
@@ -107,7 +107,7 @@ class TrainConfig:
         if not self.dist_timeout > 0:
             problems.append(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if self.eval_data is not None and not all(self.eval_data):
-            problems.append("eval_data entries must be non-empty paths or synthetic:<task>")
+            problems.append("eval_data entries must be non-empty paths, synthetic:<task> or transfer:<set>")
         if self.warmup_steps < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
             problems.append("warmup_steps, eval_every and checkpoint_every must be >= 0")
         if problems:

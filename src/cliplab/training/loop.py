@@ -288,7 +288,7 @@ class Trainer:
         if cfg.eval_data:
             from .zeroshot_eval import DatasetZeroShot
 
-            return DatasetZeroShot(cfg.eval_data, eval_tf)
+            return DatasetZeroShot(cfg.eval_data, eval_tf, self.preprocess_cfg.image_size)
         if cfg.data.source == "synthetic":
             from .zeroshot_eval import SyntheticZeroShot
 
@@ -334,6 +334,7 @@ class Trainer:
             start_batch=start_batch,
             image_size=self.preprocess_cfg.image_size,
             pin_memory=self.device.type == "cuda",
+            progress=self.progress,
         )
 
     # checkpoints -------------------------------------------------------------------------------

@@ -71,7 +71,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_report(metrics_path: Path, out_png: Path, chance: dict[str, float] | None = None) -> Path | None:
-    """Loss, learning rate, temperature and zero-shot accuracy curves on one page."""
+    """Loss, learning rate and temperature curves above each zero-shot task's accuracy over training.
+
+    The wide lower panel has one line per evaluation set (dotted: its chance level), labelled with
+    the first evaluated step at which it reached 90% of its final accuracy, so the order in which
+    concepts are learned can be read off.
+    """
     try:
         import matplotlib
 
@@ -83,28 +88,34 @@ def plot_report(metrics_path: Path, out_png: Path, chance: dict[str, float] | No
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig = plt.figure(figsize=(13, 8.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=(1, 1.5))
     panels = [("loss", "contrastive loss"), ("lr", "learning rate"), ("logit_scale", "logit scale exp(t)")]
-    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+    for col, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, col])
         xs = [r["step"] for r in train if key in r]
         ax.plot(xs, [r[key] for r in train if key in r], lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    ax = axes.flat[3]
-    tasks = sorted({k[len("zeroshot/") :] for r in evals for k in r if k.startswith("zeroshot/")})
+    ax = fig.add_subplot(grid[1, :])
+    tasks = list(dict.fromkeys(k[len("zeroshot/") :] for r in evals for k in r if k.startswith("zeroshot/")))
     for task in tasks:
         key = f"zeroshot/{task}"
         xs = [r["step"] for r in evals if key in r]
-        (line,) = ax.plot(xs, [r[key] for r in evals if key in r], marker="o", ms=3, label=task)
+        ys = [r[key] for r in evals if key in r]
+        learned = next((x for x, y in zip(xs, ys, strict=True) if y >= 0.9 * ys[-1]), xs[-1])
+        (line,) = ax.plot(
+            xs, ys, marker="o", ms=3, lw=1.4, label=f"{task} ({ys[-1]:.0%}; 90% of it by step {learned})"
+        )
         if chance and task in chance:
             ax.axhline(chance[task], color=line.get_color(), ls=":", lw=0.8)
-    ax.set_title("zero-shot top-1 (dotted: chance)")
+    ax.set_title("zero-shot top-1 per task over training (dotted: chance)")
     ax.set_xlabel("step")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     if tasks:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

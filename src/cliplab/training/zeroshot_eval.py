@@ -64,13 +64,17 @@ class DatasetZeroShot:
     templates), so the numbers logged here are the ones that command prints for the same model.
     """
 
-    def __init__(self, specs: list[str], preprocess: Callable):
+    def __init__(self, specs: list[str], preprocess: Callable, image_size: int = 64):
         from ..evaluation.zeroshot import resolve_prompts
 
         self.sets = []
         for spec in specs:
-            dataset, classnames, templates = resolve_prompts(spec, preprocess)
-            name = spec.split(":", 1)[1] if spec.startswith("synthetic:") else Path(spec).name or spec
+            # built-in sets (synthetic:, transfer:) are rendered at the model's input size
+            dataset, classnames, templates = resolve_prompts(
+                spec, preprocess, synthetic_image_size=image_size
+            )
+            builtin = spec.startswith(("synthetic:", "transfer:"))
+            name = spec.split(":", 1)[1] if builtin else Path(spec).name or spec
             self.sets.append((name, dataset, classnames, templates))
 
     @property
