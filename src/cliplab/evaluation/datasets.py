@@ -409,11 +409,10 @@ class WebDatasetShards(ClassificationDataset):
             self.labels.append(int(entry["label"]))
 
     def _image(self, index: int) -> Image.Image:
+        from ..inference.sources import read_shard_member
+
         s, offset, size, _ = self.members[index]
-        with open(self.shards[s], "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        return load_image(data, name=self.source(index))
+        return read_shard_member(self.shards[s], offset, size, name=self.source(index))
 
     def source(self, index: int) -> str:
         s, _, _, key = self.members[index]

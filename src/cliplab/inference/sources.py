@@ -242,11 +242,7 @@ class ImageShards(ImageCollection):
         return len(self.members)
 
     def load(self, index: int) -> Image.Image:
-        shard, offset, size = self.location(index)
-        with open(shard, "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        return load_image(data, name=self.source(index))
+        return read_shard_member(*self.location(index), name=self.source(index))
 
     def source(self, index: int) -> str:
         s, _, _, key = self.members[index]
@@ -262,6 +258,14 @@ class ImageShards(ImageCollection):
     def _keys(self) -> list[str]:
         shard_keys = [_stat_key(s) for s in self.shards]
         return [f"{shard_keys[s]}:{key}" for s, _, _, key in self.members]
+
+
+def read_shard_member(shard: str | os.PathLike, offset: int, size: int, name: str) -> Image.Image:
+    """Decode the image stored at ``offset`` (``size`` bytes) in a tar shard, without tarfile."""
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    return load_image(data, name=name)
 
 
 def _decode(data: bytes) -> str | None:
