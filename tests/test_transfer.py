@@ -62,7 +62,7 @@ def test_transfer_images_are_never_training_images():
     train = SyntheticCaptions(3000, image_size=64)
     train_hashes = {_digest(train[i].image) for i in range(len(train))}
     for name in TRANSFER_SETS:
-        task = transfer_set(name, 64)
+        task = transfer_set(name)
         assert not {_digest(im) for im in task.images} & train_hashes, name
 
 
@@ -98,6 +98,17 @@ def test_handwritten_digit_strokes_vary_and_stay_in_the_box():
         assert len({repr(d) for d in draws}) == 20, digit
         pts = np.array([p for d in draws for stroke in d for p in stroke])
         assert pts.min() > -0.3 and pts.max() < 1.3, digit
+
+
+def test_transfer_sets_do_not_depend_on_the_model():
+    """Fixed images (64 px printed, 28 px MNIST): a 32 px model and a 224 px model score the same files."""
+    from cliplab.evaluation.datasets import load_classification_dataset
+
+    for name in TRANSFER_SETS:
+        a = load_classification_dataset(f"transfer:{name}", synthetic_image_size=32)
+        b = load_classification_dataset(f"transfer:{name}", synthetic_image_size=224)
+        assert [_digest(im) for im in a.images] == [_digest(im) for im in b.images]
+    assert {im.size for im in transfer_set("printed-digits").images} == {(64, 64)}
 
 
 def test_unknown_transfer_set_is_a_usage_error():

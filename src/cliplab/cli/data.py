@@ -41,12 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the transfer sets (digits in held-out typefaces, real handwriting) as image folders 0..9",
     )
     transfer.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new)")
-    transfer.add_argument(
-        "--image-size",
-        type=int,
-        default=64,
-        help="side of the printed digits in pixels (the model's input size)",
-    )
     for p in (syn, tasks, transfer):
         p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,7 +52,7 @@ def validate(args: argparse.Namespace) -> None:
     from cliplab.fileio import check_output_dir
 
     low, high = IMAGE_SIZE_RANGE
-    if not low <= args.image_size <= high:
+    if args.data_command != "transfer" and not low <= args.image_size <= high:
         raise UsageError(f"--image-size must be between {low} and {high} pixels, got {args.image_size}")
     if args.data_command == "synthetic":
         if args.n < 1:
@@ -102,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from cliplab.data.transfer import TRANSFER_SETS, transfer_set
 
         for name in TRANSFER_SETS:
-            task = transfer_set(name, args.image_size)
+            task = transfer_set(name)
             folder = write_image_folder(task, args.out / name, progress=progress, prompts=False)
             print(f"{name}: {len(task.classnames)} classes, {len(task.labels)} images -> {folder}")
         return 0

@@ -5,7 +5,7 @@ training images. These two sets do not, and measure what the paper is about, tra
 
 ``printed-digits``
     Digits printed in the five Computer Modern typefaces that matplotlib installs beside the DejaVu
-    and STIX files (:data:`TRANSFER_FONT_FILES`), dark ink on light paper. The training generator
+    and STIX files (:data:`TRANSFER_FONT_FILES`), dark ink on light paper: 300 images of 64 x 64. The training generator
     draws only :data:`FONT_FILES`; the two tables share no file (tested).
 ``handwritten-digits``
     Real handwriting: the first 100 digits of each class from the 5,000 MNIST digits (LeCun,
@@ -99,10 +99,14 @@ def handwritten_digits(per_class: int = MNIST_PER_CLASS) -> ZeroShotTask:
     return ZeroShotTask("handwritten-digits", list(DIGITS), [], images, labels)
 
 
-def transfer_set(name: str, image_size: int = 64) -> ZeroShotTask:
-    """One of :data:`TRANSFER_SETS` by name (`image_size` applies to the rendered printed digits)."""
+PRINTED_SIZE = 64  # the printed digits are a fixed dataset, like MNIST's 28 px: 64 x 64 images
+
+
+def transfer_set(name: str) -> ZeroShotTask:
+    """One of :data:`TRANSFER_SETS` by name: fixed images, whatever the model's input size (its
+    preprocessing resizes them, exactly as it does the folders ``cliplab data transfer`` writes)."""
     if name == "printed-digits":
-        return printed_digits(image_size)
+        return printed_digits(PRINTED_SIZE)
     if name == "handwritten-digits":
         return handwritten_digits()
     raise UsageError(f"unknown transfer set {name!r}; available: {', '.join(TRANSFER_SETS)}")

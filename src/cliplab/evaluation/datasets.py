@@ -496,7 +496,7 @@ def load_classification_dataset(
     if text.startswith("transfer:"):
         from ..data.transfer import transfer_set
 
-        return InMemoryDataset.from_task(transfer_set(text.split(":", 1)[1], synthetic_image_size), transform)
+        return InMemoryDataset.from_task(transfer_set(text.split(":", 1)[1]), transform)
     suffix = Path(text).suffix.lower()
     if suffix in MANIFEST_SUFFIXES:
         return ManifestDataset(
