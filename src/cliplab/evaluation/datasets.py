@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -387,19 +386,12 @@ class WebDatasetShards(ClassificationDataset):
     def _index(self, s: int, shard: str, label_key: str) -> None:
         if not os.path.isfile(shard):  # resolve_shards lets URLs through; samples are read by offset here
             raise DatasetError(f"webdataset shard {shard} is not a local file; download the shards first")
-        samples: dict[str, dict[str, Any]] = {}
-        with tarfile.open(shard, "r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = os.path.basename(m.name)
-                key, _, ext = base.partition(".")
-                key = os.path.join(os.path.dirname(m.name), key)
-                entry = samples.setdefault(key, {})
-                if ext.lower() == label_key:
-                    entry["label"] = tar.extractfile(m).read().decode("utf-8").strip()
-                elif "." + ext.lower() in IMAGE_EXTENSIONS:
-                    entry["image"] = (m.offset_data, m.size)
+        from ..inference.sources import shard_samples
+
+        samples = shard_samples(shard, (label_key,))
+        for entry in samples.values():
+            if label_key in entry:
+                entry["label"] = entry[label_key].decode("utf-8").strip()
         for key, entry in samples.items():
             if "image" not in entry:
                 continue

@@ -215,24 +215,15 @@ class ImageShards(ImageCollection):
     def _index(self, s: int, shard: str, caption_keys: Sequence[str]) -> None:
         if not os.path.isfile(shard):
             raise UsageError(f"webdataset shard {shard} is not a local file; download the shards first")
-        samples: dict[str, dict] = {}
         try:
-            with tarfile.open(shard, "r:") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    base = os.path.basename(m.name)
-                    stem, _, ext = base.partition(".")
-                    entry = samples.setdefault(os.path.join(os.path.dirname(m.name), stem), {})
-                    ext = ext.lower()
-                    if "." + ext in IMAGE_EXTENSIONS and "image" not in entry:
-                        entry["image"] = (m.offset_data, m.size)
-                    elif ext == "txt":
-                        entry["caption"] = _decode(tar.extractfile(m).read())
-                    elif ext == "json" and "caption" not in entry:
-                        entry["caption"] = _json_caption(tar.extractfile(m).read(), caption_keys)
+            samples = shard_samples(shard, ("txt", "json"))
         except (tarfile.TarError, OSError) as exc:
             raise UsageError(f"cannot read webdataset shard {shard} ({exc}); re-write or remove it") from None
+        for entry in samples.values():
+            if "txt" in entry:
+                entry["caption"] = _decode(entry["txt"])
+            elif "json" in entry:
+                entry["caption"] = _json_caption(entry["json"], caption_keys)
         for key, entry in samples.items():
             if "image" in entry:
                 self.members.append((s, *entry["image"], key))
@@ -258,6 +249,27 @@ class ImageShards(ImageCollection):
     def _keys(self) -> list[str]:
         shard_keys = [_stat_key(s) for s in self.shards]
         return [f"{shard_keys[s]}:{key}" for s, _, _, key in self.members]
+
+
+def shard_samples(shard: str | os.PathLike, read: Sequence[str] = ()) -> dict[str, dict]:
+    """The members of a local tar shard grouped by sample key (the name up to its first dot).
+
+    Each sample's dict holds ``"image"``: ``(offset, size)`` of its first image member, and the bytes
+    of every member whose (lower-case) extension is in ``read``. Raises tarfile's and the OS's errors.
+    """
+    samples: dict[str, dict] = {}
+    with tarfile.open(shard, "r:") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            stem, _, ext = os.path.basename(m.name).partition(".")
+            entry = samples.setdefault(os.path.join(os.path.dirname(m.name), stem), {})
+            ext = ext.lower()
+            if ext in read:
+                entry[ext] = tar.extractfile(m).read()
+            elif "." + ext in IMAGE_EXTENSIONS and "image" not in entry:
+                entry["image"] = (m.offset_data, m.size)
+    return samples
 
 
 def read_shard_member(shard: str | os.PathLike, offset: int, size: int, name: str) -> Image.Image:
