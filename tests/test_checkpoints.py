@@ -664,7 +664,8 @@ def test_download_verifies_and_caches(served):
     assert (served.cache / "Fake.pt").read_bytes() == served.data and served.server.requests == 1
     load_checkpoint("Fake/1", cache_dir=served.cache)
     assert served.server.requests == 1  # the verified cached copy is used, no second download
-    assert sorted(p.name for p in served.cache.iterdir()) == ["Fake.pt"]
+    # the file and the sidecar remembering its verified SHA256 (so the second load did not hash it)
+    assert sorted(p.name for p in served.cache.iterdir()) == [".Fake.pt.sha256.json", "Fake.pt"]
 
 
 def test_corrupt_cached_file_is_downloaded_again(served):

@@ -573,3 +573,72 @@ def test_webdataset_package_is_needed_only_to_stream_or_expand_patterns(written,
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduced-scale JPEG decoding (DataConfig.reduced_decode)
+
+
+@pytest.fixture(scope="module")
+def big_jpegs(samples, tmp_path_factory):
+    """A manifest of 16 JPEGs at 256-400 px (the samples scaled up, plus mild noise)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("big_jpegs")
+    rng = np.random.default_rng(0)
+    lines = ["filepath,caption"]
+    for i, s in enumerate(samples[:16]):
+        w, h = 256 + 16 * i % 144, 300 + 8 * i % 100
+        pixels = np.asarray(s.image.convert("RGB").resize((w, h)), dtype=np.float32)
+        pixels += rng.normal(0, 3, pixels.shape)
+        path = root / f"{i}.jpg"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        lines.append(f"{path},{s.caption.replace(',', ' ')}")
+    (root / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / "m.csv"
+
+
+class FullDecodeTransform:
+    """TRAIN without its ``decode`` method: every image decoded in full, then transformed."""
+
+    def __call__(self, img, generator=None):
+        return TRAIN(img, generator=generator)
+
+
+def test_reduced_decode_switch(big_jpegs):
+    assert DataConfig().reduced_decode  # on by default
+    exact = list(load(manifest_cfg(big_jpegs, reduced_decode=False), batch_size=8))
+    assert_same_batches(exact, list(load(manifest_cfg(big_jpegs), FullDecodeTransform(), batch_size=8)))
+    fast = list(load(manifest_cfg(big_jpegs, workers=2), batch_size=8))
+    assert len(fast) == len(exact) == 2
+    for a, b in zip(fast, exact, strict=True):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.texts, b.texts)
+        assert not torch.equal(a.images, b.images)  # the JPEGs were decoded at reduced scale
+        grey = (a.images - b.images).abs() * torch.tensor([0.2686, 0.2613, 0.2758]).view(3, 1, 1) * 255
+        assert grey.mean(dim=(1, 2, 3)).max() < 1.0  # the same crops, within a grey level on average
+
+
+def test_reduced_decode_skips_bad_files_like_the_full_decode(big_jpegs, tmp_path):
+    lines = big_jpegs.read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    lines[1] = f"{bad},broken"
+    lines[2] = f"{tmp_path / 'gone.jpg'},missing"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for reduced in (True, False):
+        loader = load(manifest_cfg(manifest, reduced_decode=reduced), batch_size=8)
+        assert all(len(b) == 8 for b in loader)
+        assert dict(loader.skip_counts) == {"unreadable image": 1, "missing file": 1}
+
+
+def test_reduced_decode_config_key(tmp_path):
+    from cliplab.errors import UsageError
+    from cliplab.training.config import load_config
+
+    cfg = load_config(None, {"data": {"source": "manifest", "path": "x.csv", "reduced_decode": False}})
+    assert cfg.data.reduced_decode is False
+    assert load_config(None, ["data.source=manifest", "data.path=x.csv"]).data.reduced_decode is True
+    with pytest.raises(UsageError, match="reduced_decode must be true or false"):
+        load_config(None, {"data": {"source": "manifest", "path": "x.csv", "reduced_decode": "yes"}})

@@ -201,12 +201,70 @@ def test_pickle_ships_no_state():
     assert torch.equal(pickle.loads(blob)(["a photo of a dog", "café"]), before)
 
 
-def test_word_cache_is_bounded(monkeypatch):
+def test_caches_are_bounded(monkeypatch):
     monkeypatch.setattr(tk, "_CACHE_LIMIT", 10)
+    monkeypatch.setattr(tk, "_CLEANED_CACHE_LIMIT", 3)
     tok = tk.Tokenizer()
-    first = tok.encode(" ".join(WORDS))
-    assert len(tok._built().cache) <= 10
-    assert tok.encode(" ".join(WORDS)) == first
+    texts = [" ".join(WORDS), *FRAGMENTS[:20]]
+    first = [tok.encode(t) for t in texts]
+    state = tok._built()
+    assert len(state.pieces) <= 10 and len(state.words) <= 10 and len(state.cleaned) <= 3
+    assert [tok.encode(t) for t in texts] == first
+
+
+def plain_ids(state, text: str, max_pieces: int | None = None) -> list[int]:
+    """The row without any shortcut: clean_text, every word of the whole text through BPE, no cache."""
+    words = tk._CLIP_SPLIT.findall(tk.clean_text(text))
+    ids = [i for w in words for i in tk._SPECIAL_WORDS.get(w) or state.word_ids(w)]
+    return [tk.SOT_TOKEN, *ids, tk.EOT_TOKEN]
+
+
+def truncated(row: list[int], context_length: int) -> list[int]:
+    return row if len(row) <= context_length else [*row[: context_length - 1], tk.EOT_TOKEN]
+
+
+def test_cached_paths_equal_the_plain_path():
+    """Cold (empty caches), warm (every cache filled) and cut rows all equal the uncached path."""
+    corpus = make_corpus(600, seed=31) + make_long(40, seed=32) + ["", " ", "\n\t", "!", "a"]
+    tok = tk.Tokenizer()
+    state = tok._built()
+    expected = [plain_ids(state, t) for t in corpus]
+    for _ in ("cold", "warm"):
+        assert [state.row(t) for t in corpus] == expected
+    assert state.cleaned and all(tk.clean_text(t) == c for t, c in state.cleaned.items())
+    assert not any(tk._plain_ascii(t) for t in state.cleaned)  # only texts that needed the slow clean
+    for context_length in (1, 2, 3, 10, 77):
+        fresh = tk.Tokenizer()._built()
+        cut = [truncated(fresh.row(t, context_length - 1), context_length) for t in corpus]
+        assert cut == [truncated(row, context_length) for row in expected]
+
+
+def test_word_cache_equals_bpe_per_piece():
+    state = tk.Tokenizer()._built()
+    pieces = {p for t in make_corpus(1_000, seed=33) for p in tk.clean_text(t).split(" ")}
+    for piece in sorted(pieces):  # sorted: words are met first in many different pieces
+        words = tk.split_words(piece)
+        expected = [i for w in words for i in tk._SPECIAL_WORDS.get(w) or state.word_ids(w)]
+        assert list(state.piece_ids(piece)) == expected, repr(piece)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.sampled_from([*"aZ9 -.!'\t\n\x0c\x0b<|>&;", "endoftext", "dog"]), max_size=80).map(
+        "".join
+    )
+)
+def test_plain_ascii_pieces_and_cut(text):
+    """text.lower().split() are clean_text's pieces; cutting to max_pieces keeps every kept id."""
+    if tk._plain_ascii(text):
+        cleaned = tk.clean_text(text)
+        assert text.lower().split() == ([] if cleaned == "" else cleaned.split(" "))
+    state = tk.get_tokenizer()._built()
+    full = state.row(text)
+    for context_length in (1, 2, 4, 8):
+        assert truncated(state.row(text, context_length - 1), context_length) == truncated(
+            full, context_length
+        )
 
 
 def test_ftfy_shortcut_is_exact_on_single_characters():

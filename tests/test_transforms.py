@@ -387,3 +387,161 @@ def test_exif_transpose_off_by_default_and_on_request(tmp_path):
     off = image_transform(16)(raw)
     assert_matches(off, reference(img, 16))
     assert_matches(on, reference(img.transpose(Image.Transpose.ROTATE_270), 16))
+
+
+# --- split resize (fast path) against the plain resize-then-crop ------------------------------
+
+
+def _plain_resize_crop(img: Image.Image, n: int, interpolation: str = "bicubic") -> Image.Image:
+    return T.center_crop(T.resize(img, T.shortest_side_size(*img.size, n), interpolation), n)
+
+
+def test_pillow_pass_order_is_known():
+    # The split path needs Pillow's pass order; with an unknown Pillow it switches itself off.
+    assert T._pass_order_rule() in ("horizontal", "shrink")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "CMYK", "YCbCr"])
+def test_split_resize_is_identical_to_resize_then_crop(mode):
+    rng = np.random.default_rng(list(MODES).index(mode) if mode in MODES else 99)
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    sizes = [(640, 480), (480, 640), (500, 375), (375, 500), (1024, 683), (300, 300), (225, 224), (224, 225)]
+    sizes += [(90, 400), (400, 90), (230, 700), (60, 61), (7, 300), (300, 7)]  # tall: vertical pass first
+    sizes += [tuple(int(v) for v in rng.integers(1, 900, 2)) for _ in range(40)]
+    interps = ["bicubic", "bilinear", "lanczos", "box", "hamming"]
+    split = 0
+    for i, (w, h) in enumerate(sizes):
+        img = Image.frombytes(mode, (w, h), rng.integers(0, 256, (h, w, bands), dtype=np.uint8).tobytes())
+        for n in (224, 32):
+            interp = interps[i % len(interps)] if n == 32 else "bicubic"
+            split += T._can_split(img, T.shortest_side_size(w, h, n), interp)
+            got, want = T.resize_center_crop(img, n, interp), _plain_resize_crop(img, n, interp)
+            assert got.mode == want.mode and got.size == want.size == (n, n)
+            assert np.array_equal(np.asarray(got), np.asarray(want)), (mode, (w, h), n, interp)
+    assert split > len(sizes)  # the fast path was really taken
+
+
+def test_eval_transform_on_jpegs_equals_plain_path(tmp_path):
+    # The eval transform (split resize, RGB conversion only when needed) against the plain steps.
+    rng = np.random.default_rng(5)
+    tf = image_transform(224)
+    for i, (size, mode) in enumerate(
+        [((640, 480), "RGB"), ((375, 500), "RGB"), ((300, 800), "L"), ((500, 375), "CMYK")]
+    ):
+        path = tmp_path / f"{i}.jpg"
+        make_image(mode, size, seed=i).save(path, quality=int(rng.integers(70, 95)))
+        img = load_image(path)
+        plain = to_tensor_normalized(_plain_resize_crop(img, 224).convert("RGB"))
+        assert torch.equal(tf(img), plain)
+
+
+@pytest.mark.slow
+def test_split_resize_thousands_of_geometries():
+    rng = np.random.default_rng(123)
+    for i in range(1500):
+        w, h = (int(v) for v in rng.integers(1, 1300, 2))
+        if i % 3 == 0:  # photo aspect ratios
+            h = max(1, int(w * rng.choice([3 / 4, 4 / 3, 2 / 3, 3 / 2, 9 / 16, 16 / 9])))
+        n = int(rng.choice([224, 224, 336, 64, 7, 1]))
+        mode = ["RGB", "L", "RGBA"][i % 3]
+        bands = len(mode)
+        img = Image.frombytes(mode, (w, h), rng.integers(0, 256, (h, w, bands), dtype=np.uint8).tobytes())
+        got, want = T.resize_center_crop(img, n), _plain_resize_crop(img, n)
+        assert np.array_equal(np.asarray(got), np.asarray(want)), (mode, (w, h), n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: reduced-scale JPEG decoding (TrainTransform.decode)
+
+
+def _photo(mode: str, size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """Photo-like content: colour ramps, a few bright discs and mild noise, so a crop placed a few
+    pixels off shows up as a large difference, while JPEG noise stays small."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([x / w * 200, y / h * 200, (x + y) / (w + h) * 120 + 60], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.2) * min(w, h)
+        rgb[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    rgb += rng.normal(0, 4, rgb.shape)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).convert(mode)
+
+
+def _grey_levels(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tensor(OPENAI_STD).view(3, 1, 1) * 255
+
+
+# (size, mode, output side): 2x, 4x and 8x reductions; wide, tall, square; grey and CMYK files.
+REDUCED_CASES = [
+    ((640, 480), "RGB", 32),
+    ((480, 640), "RGB", 64),
+    ((1200, 300), "RGB", 32),
+    ((500, 500), "L", 32),
+    ((600, 400), "CMYK", 48),
+    ((2000, 1500), "RGB", 96),
+]
+
+
+@pytest.mark.parametrize(("size", "mode", "n"), REDUCED_CASES)
+def test_train_decode_reduces_jpegs_and_crops_the_same_region(tmp_path, size, mode, n):
+    path = tmp_path / "photo.jpg"
+    _photo(mode, size).save(path, quality=90)
+    tf = image_transform(n, train=True, crop_scale=(0.5, 1.0))
+    full_img = load_image(path)
+    diffs, shifted = [], []
+    for seed in range(4):
+        crop = T.random_resized_crop_params(*full_img.size, tf.crop_scale, tf.crop_ratio, _gen(seed))
+        assert T.jpeg_reduction(crop[2:], n) > 1  # the reduced path is really taken
+        full = tf(full_img, generator=_gen(seed))
+        fast = tf.decode(path, _gen(seed))
+        assert fast.shape == full.shape == (3, n, n)
+        diffs.append(_grey_levels(fast - full).abs())
+        # The same crop moved by 3 % of the picture: what a wrongly mapped box would give.
+        top, left, h, w = crop
+        dx = max(1, size[0] * 3 // 100) * (1 if left == 0 else -1)
+        moved = full_img.crop((left + dx, top, left + dx + w, top + h)).resize((n, n), Image.BICUBIC)
+        shifted.append(_grey_levels(to_tensor_normalized(moved) - full).abs().mean())
+    d = torch.stack(diffs)
+    # Stated tolerance: under 1 grey level (of 255) on average per image; single pixels can differ
+    # more at sharp edges (IDCT scaling is not a bicubic filter).
+    assert d.mean(dim=(1, 2, 3)).max() < 1.0, d.mean(dim=(1, 2, 3))
+    assert float(torch.stack(shifted).min()) > 4 * float(d.mean(dim=(1, 2, 3)).max())
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_train_decode_is_exact_where_nothing_is_reduced(tmp_path):
+    # PNG (no IDCT scaling), a JPEG too small for its output, and exif_transpose: full decode, same pixels.
+    png, small = tmp_path / "a.png", tmp_path / "b.jpg"
+    _photo("RGB", (640, 480)).save(png)
+    _photo("RGB", (300, 260), seed=1).save(small, quality=90)
+    cases = [(png, image_transform(32, train=True)), (small, image_transform(224, train=True))]
+    cases.append((small, T.TrainTransform(PreprocessConfig(32), exif_transpose=True)))
+    for path, tf in cases:
+        for seed in range(3):
+            assert torch.equal(tf.decode(path, _gen(seed)), tf(load_image(path), generator=_gen(seed)))
+    data = small.read_bytes()  # bytes work as a source too
+    tf = image_transform(32, train=True)
+    assert torch.allclose(tf.decode(data, _gen(0)), tf.decode(small, _gen(0)))
+
+
+def test_train_decode_errors_and_eval_loading_unchanged(tmp_path):
+    path = tmp_path / "big.jpg"
+    _photo("RGB", (800, 600)).save(path, quality=90)
+    # load_image (used by evaluation and every eval transform) still decodes in full.
+    assert load_image(path).size == (800, 600)
+    assert load_image(path.read_bytes()).size == (800, 600)
+    tf = image_transform(32, train=True)
+    with pytest.raises(ImageLoadError, match="junk"):
+        tf.decode(b"not an image", _gen(0), name="junk")
+    with pytest.raises(ImageLoadError, match="does not exist"):
+        tf.decode(tmp_path / "missing.jpg", _gen(0))
+    # The reduction rule: the largest factor leaving the crop >= 2x the output on both sides.
+    assert T.jpeg_reduction((480, 640), 32) == 4
+    assert T.jpeg_reduction((512, 700), 32) == 8
+    assert T.jpeg_reduction((127, 900), 32) == 1
+    assert T.jpeg_reduction((130, 130), 32) == 2
+    assert T.jpeg_reduction((130, 130), 32, margin=1) == 4

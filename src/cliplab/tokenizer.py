@@ -10,7 +10,10 @@ Where the speed comes from, each step keeping the reference's output exactly:
 * ``ftfy.fix_text``, the largest cost of the reference, is skipped when none of its fixes can change
   the text (``_ftfy_is_identity`` spells out why); that is most captions.
 * Ids are cached per space-separated piece of cleaned text, so a warm text costs a split and a few
-  dict look-ups; a miss runs CLIP's regex and the compiled BPE of the ``tokenizers`` library.
+  dict look-ups; a miss runs CLIP's regex and looks each word up in a word cache, and only a new word
+  goes through the compiled BPE of the ``tokenizers`` library. Text that needed the slow cleaning
+  (ftfy) is cached cleaned.
+* With ``truncate=True`` only a text's first ``context_length - 1`` pieces are encoded.
 * Rows are padded into the id tensor in one vectorised step.
 
 Usage::
@@ -53,6 +56,7 @@ _NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2
 _SPECIAL_WORDS = {"<|startoftext|>": (SOT_TOKEN,), "<|endoftext|>": (EOT_TOKEN,)}
 # A bound on the piece cache so that a stream of unique junk cannot grow memory forever.
 _CACHE_LIMIT = 1 << 20
+_CLEANED_CACHE_LIMIT = 1 << 16
 
 # OpenAI's split pattern, the same in behaviour: special tokens, English contractions, letter runs,
 # single digits, and runs of anything else that is not whitespace. No alternative matches whitespace.
@@ -346,11 +350,17 @@ def vocabulary(merges: Sequence[tuple[str, str]]) -> list[str]:
 
 
 class _State:
-    """What a Tokenizer builds from the merges file (~0.3 s); rebuilt lazily, never pickled.
+    """What a Tokenizer builds from the merges file (~0.2 s); rebuilt lazily, never pickled.
 
-    The cache maps a space-free piece of cleaned text to its ids. No word of CLIP's split pattern
-    contains whitespace, and cleaned text has only single spaces, so splitting at spaces first and
-    then running the pattern on each piece finds the same words as running it on the whole text.
+    Three caches, each bounded by clearing it when full:
+
+    * ``pieces`` maps a space-free piece of cleaned text to its ids. No word of CLIP's split pattern
+      contains whitespace, and cleaned text has only single spaces, so splitting at spaces first and
+      then running the pattern on each piece finds the same words as running it on the whole text.
+    * ``words`` maps a word of the pattern to its BPE ids. Pieces repeat less than the words in them
+      ("1964-08-19", "sunset," and "sunset." share words), and BPE is most of a piece's cost.
+    * ``cleaned`` maps a text that is not plain ASCII to its cleaned form: cleaning such text
+      (ftfy above all) costs more than the rest of its tokenization.
     """
 
     def __init__(self, merges_path: Path) -> None:
@@ -362,39 +372,68 @@ class _State:
         if len(ids) != VOCAB_SIZE:
             raise ValueError(f"{merges_path}: gives {len(ids)} distinct tokens, CLIP has {VOCAB_SIZE}")
         self.bpe = models.BPE(ids, list(merges), end_of_word_suffix="</w>")
-        self.cache: dict[str, tuple[int, ...]] = {}
+        self.pieces: dict[str, tuple[int, ...]] = {}
+        self.words: dict[str, tuple[int, ...]] = dict(_SPECIAL_WORDS)
+        self.cleaned: dict[str, str] = {}
+
+    def word_ids(self, word: str) -> tuple[int, ...]:
+        """BPE ids of one word of CLIP's pattern (not a special token), through the compiled BPE."""
+        return tuple(token.id for token in self.bpe.tokenize(_bpe_symbols(word)))
 
     def piece_ids(self, piece: str) -> tuple[int, ...]:
-        """Ids of one space-free piece of cleaned text (a cache miss), through the compiled BPE."""
+        """Ids of one space-free piece of cleaned text (a cache miss)."""
+        words = self.words
+        if len(words) >= _CACHE_LIMIT:
+            words.clear()
+            words.update(_SPECIAL_WORDS)
         ids: list[int] = []
         for word in split_words(piece):
-            special = _SPECIAL_WORDS.get(word)
-            if special is not None:
-                ids += special
-                continue
-            # The word's UTF-8 bytes, each written as its printable BPE character.
-            symbols = word.encode("utf-8").decode("latin-1").translate(_BYTE_TO_CHAR)
-            ids += [token.id for token in self.bpe.tokenize(symbols)]
-        if len(self.cache) >= _CACHE_LIMIT:
-            self.cache.clear()
-        self.cache[piece] = result = tuple(ids)
+            word_ids = words.get(word)
+            if word_ids is None:
+                words[word] = word_ids = self.word_ids(word)
+            ids += word_ids
+        if len(self.pieces) >= _CACHE_LIMIT:
+            self.pieces.clear()
+        self.pieces[piece] = result = tuple(ids)
         return result
 
-    def row(self, text: str) -> list[int]:
-        """The start token, the BPE ids of text, the end token."""
-        # clean_text's first branch inlined: this is the hot path of most captions.
-        cleaned = " ".join(text.split()).lower() if _plain_ascii(text) else clean_text(text)
-        pieces = cleaned.split(" ")
-        parts = list(map(self.cache.get, pieces))
+    def clean(self, text: str) -> str:
+        """``clean_text`` of a text that is not plain ASCII, cached."""
+        cleaned = self.cleaned.get(text)
+        if cleaned is None:
+            cleaned = clean_text(text)
+            if len(self.cleaned) >= _CLEANED_CACHE_LIMIT:
+                self.cleaned.clear()
+            self.cleaned[text] = cleaned
+        return cleaned
+
+    def row(self, text: str, max_pieces: int | None = None) -> list[int]:
+        """The start token, the BPE ids of text, the end token.
+
+        With ``max_pieces``, only the text's first ``max_pieces`` pieces are encoded. Every piece
+        but the one of an empty text gives at least one id (CLIP's pattern matches every non-space
+        character), so a row cut to ``max_pieces + 1`` tokens is the same either way.
+        """
+        # clean_text's first branch: most captions. text.lower().split() is the same list of pieces
+        # as " ".join(text.split()).lower().split(" ") but for an empty text ([] for [""]: no ids).
+        pieces = text.lower().split() if _plain_ascii(text) else self.clean(text).split(" ")
+        if max_pieces is not None and len(pieces) > max_pieces:
+            del pieces[max_pieces:]
+        parts = list(map(self.pieces.get, pieces))
         if None in parts:
             parts = [
                 self.piece_ids(piece) if part is None else part
                 for piece, part in zip(pieces, parts, strict=True)
             ]
         row = [SOT_TOKEN]
-        row.extend(chain.from_iterable(parts))
+        row.extend(chain.from_iterable(parts))  # type: ignore[arg-type]
         row.append(EOT_TOKEN)
         return row
+
+
+def _bpe_symbols(word: str) -> str:
+    """The word's UTF-8 bytes, each written as its printable BPE character."""
+    return word.encode("utf-8").decode("latin-1").translate(_BYTE_TO_CHAR)
 
 
 class Tokenizer:
@@ -478,15 +517,17 @@ class Tokenizer:
         if context_length < 1:
             raise ValueError(f"context_length must be at least 1, got {context_length}")
         text_row = self._built().row
+        # Truncating, the first context_length - 1 pieces give at least the ids that are kept.
+        max_pieces = context_length - 1 if truncate else None
         rows = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
-            ids = text_row(text)
+            ids = text_row(text, max_pieces)
             if len(ids) > context_length:
                 if not truncate:
                     raise _too_long(i, text, len(ids), context_length)
-                ids = ids[:context_length]
+                del ids[context_length:]
                 ids[-1] = EOT_TOKEN
             rows.append(ids)
         return _pad(rows, context_length)

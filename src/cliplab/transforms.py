@@ -29,6 +29,7 @@ Deliberate deviations, only where the reference crashes or would allocate absurd
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -143,15 +144,45 @@ def load_image(
     image. No EXIF rotation is applied unless ``exif_transpose=True``, matching OpenAI's
     preprocessing.
     """
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        name = name or "<image bytes>"
-        fp = io.BytesIO(source)
-    else:
-        name = name or os.fspath(source)
-        fp = os.fspath(source)
+    img, _ = _decode(source, name)
+    if exif_transpose:
+        name = _source_name(source, name)
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as exc:
+            raise ImageLoadError(
+                f"cannot apply the EXIF orientation of {name} ({type(exc).__name__}: {exc}); "
+                "load it with exif_transpose=False or fix its EXIF data."
+            ) from exc
+    return img
+
+
+def _source_name(source: str | os.PathLike | bytes, name: str | None) -> str:
+    if name:
+        return name
+    return "<image bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+
+
+def _decode(
+    source: str | os.PathLike | bytes,
+    name: str | None,
+    reduction: Callable[[int, int], int] | None = None,
+) -> tuple[Image.Image, int]:
+    """(decoded image, JPEG reduction factor applied): :func:`load_image`'s decoder and guard.
+
+    ``reduction`` (train path only) is called with the header's (width, height) before any pixel
+    is decoded and returns the wanted factor (1, 2, 4 or 8); a JPEG is then decoded at that
+    scale by the IDCT (``Image.draft``), to ``ceil(side / factor)`` pixels. Pillow applies it only
+    to JPEGs, so the factor returned is the one Pillow actually used (1 for every other format).
+    """
+    name = _source_name(source, name)
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+    factor = 1
     try:
         with Image.open(fp) as img:
             _check_pixel_count(img, name)
+            if reduction is not None:
+                factor = _draft(img, reduction(*img.size))
             img.load()
     except ImageLoadError:
         raise
@@ -168,15 +199,21 @@ def load_image(
             f"cannot decode image {name} ({type(exc).__name__}: {exc}); it is not an image, is "
             "truncated or is corrupt. Re-download or re-encode it, or remove it from the dataset."
         ) from exc
-    if exif_transpose:
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as exc:
-            raise ImageLoadError(
-                f"cannot apply the EXIF orientation of {name} ({type(exc).__name__}: {exc}); "
-                "load it with exif_transpose=False or fix its EXIF data."
-            ) from exc
-    return img
+    return img, factor
+
+
+def _draft(img: Image.Image, factor: int) -> int:
+    """Ask Pillow to decode ``img`` (not yet loaded) ``factor`` times smaller; the factor it applied."""
+    if factor <= 1 or img.format != "JPEG":
+        return 1
+    w, h = img.size
+    # Pillow picks the largest of 8, 4, 2, 1 that is <= min(w // size_w, h // size_h); with
+    # size = side // factor that is exactly ``factor`` (both quotients are >= factor, and below 2 * factor).
+    drafted = img.draft(img.mode, (max(1, w // factor), max(1, h // factor)))
+    if drafted is None:  # several tiles, or drafted already: decoded at full size
+        return 1
+    _, box = drafted  # the full image's extent in the reduced image: (0, 0, w / scale, h / scale)
+    return round(w / box[2])
 
 
 def _check_pixel_count(img: Image.Image, name: str) -> None:
@@ -245,9 +282,15 @@ def _pad_zeros(img: Image.Image, size: int) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
-    """OpenAI's ``Resize(size)`` then ``CenterCrop(size)``, without a giant intermediate image."""
+    """OpenAI's ``Resize(size)`` then ``CenterCrop(size)``, without a giant intermediate image.
+
+    Where Pillow's resampling is two separable passes (see :func:`_split_resize_center_crop`),
+    only the part of each pass that the crop keeps is computed, with the same pixels as out.
+    """
     new_w, new_h = shortest_side_size(*img.size, size)
     if new_w * new_h <= EXACT_RESIZE_MAX_PIXELS:
+        if _can_split(img, (new_w, new_h), interpolation):
+            return _split_resize_center_crop(img, (new_w, new_h), size, interpolation)
         return center_crop(resize(img, (new_w, new_h), interpolation), size)
     # Extreme aspect ratio: resample only the window the crop keeps (inexact, see module docstring).
     top = int(round((new_h - size) / 2.0))
@@ -255,6 +298,128 @@ def resize_center_crop(img: Image.Image, size: int, interpolation: str = "bicubi
     sx, sy = img.width / new_w, img.height / new_h
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     return img.resize((size, size), INTERPOLATIONS[interpolation], box=box)
+
+
+# Pillow's filter supports (``src/libImaging/Resample.c``), for the rows a crop reads. NEAREST is
+# not a separable convolution in Pillow (it goes through an affine transform), so it is left out.
+_FILTER_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0, "box": 0.5, "hamming": 1.0}
+# Modes that Pillow resamples in place with 8 bits per channel; LA and RGBA it resamples
+# premultiplied (La, RGBa) and converts back, which the split does once around both passes.
+_SPLIT_MODES = {"L": None, "RGB": None, "CMYK": None, "YCbCr": None, "LA": "La", "RGBA": "RGBa"}
+_SPAN_MARGIN = 2  # extra source rows on each side: they cost little and guard the bound arithmetic
+
+
+def _can_split(img: Image.Image, new_size: tuple[int, int], interpolation: str) -> bool:
+    return (
+        img.mode in _SPLIT_MODES
+        and interpolation in _FILTER_SUPPORT
+        and new_size != img.size
+        and _pass_order_rule() is not None
+    )
+
+
+def _source_span(in_size: int, out_size: int, first: int, count: int, interpolation: str) -> tuple[int, int]:
+    """Source rows [lo, hi) that Pillow's pass ``in_size -> out_size`` reads for outputs first..+count.
+
+    Pillow's ``precompute_coeffs`` with ``in0 = 0``, ``in1 = in_size``: the filter of output ``i`` is
+    centred at ``(i + 0.5) * scale`` and covers ``int(centre -/+ support + 0.5)``, clipped to the image;
+    the bounds grow with ``i``, so the first and last outputs give the span.
+    """
+    scale = in_size / out_size
+    support = _FILTER_SUPPORT[interpolation] * max(scale, 1.0)
+    lo = int((first + 0.5) * scale - support + 0.5) - _SPAN_MARGIN
+    hi = int((first + count - 1 + 0.5) * scale + support + 0.5) + _SPAN_MARGIN
+    return max(lo, 0), min(hi, in_size)
+
+
+@functools.cache
+def _pass_order_rule() -> str | None:
+    """Which pass the installed Pillow runs first, found once by comparing pixels; None if unknown.
+
+    Pillow < 12 always resamples horizontally first. Later versions run the vertical pass first
+    when ``in_h - out_h > 2 * (in_w - out_w) > ...`` (see ``_vertical_first``). The split path
+    below must run the passes in Pillow's order (each pass rounds to 8 bits), so it checks the
+    order on two small images and turns itself off (returns None) if neither rule matches.
+    """
+    rng = np.random.default_rng(0)
+
+    def order(w: int, h: int, out: tuple[int, int]) -> str | None:
+        img = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        full = np.asarray(img.resize(out, Image.Resampling.BICUBIC))
+        hv = img.resize((out[0], h), Image.Resampling.BICUBIC).resize(out, Image.Resampling.BICUBIC)
+        vh = img.resize((w, out[1]), Image.Resampling.BICUBIC).resize(out, Image.Resampling.BICUBIC)
+        same_hv, same_vh = np.array_equal(full, np.asarray(hv)), np.array_equal(full, np.asarray(vh))
+        return "hv" if same_hv and not same_vh else "vh" if same_vh and not same_hv else None
+
+    if order(61, 23, (29, 11)) != "hv":  # wide: horizontal first under both rules
+        return None
+    tall = order(23, 97, (17, 41))  # height shrinks 56, width 6: vertical first under the new rule
+    return {"hv": "horizontal", "vh": "shrink"}.get(tall)
+
+
+def _vertical_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Pillow >= 12's order (``ImagingResampleInner``): vertical first when the height shrinks by
+    more than twice as many pixels as the width."""
+    if _pass_order_rule() != "shrink":
+        return False
+    dy, dx = in_size[1] - out_size[1], in_size[0] - out_size[0]
+    return dy > 0 and dy > 2 * dx
+
+
+def _split_resize_center_crop(
+    img: Image.Image, new_size: tuple[int, int], size: int, interpolation: str
+) -> Image.Image:
+    """``center_crop(img.resize(new_size), size)``, pixel for pixel, computing only what the crop keeps.
+
+    Pillow resamples in two passes, each rounded to 8 bits, with coefficients that depend only on
+    (input size, output size) per axis (``src/libImaging/Resample.c``). Calling the passes one at a
+    time, in Pillow's order, gives the same pixels as one call, and every output row of a
+    horizontal pass (column of a vertical pass) depends only on the same row (column) of its input.
+    So the first pass runs only on the source rows or columns that the kept outputs read, and the
+    second pass only on the rows or columns the crop keeps: about a quarter less work each for a
+    4:3 photo. Source outside the span is zero-filled; no kept output reads it.
+
+    Pillow's ``box`` argument would skip more work, but its box is single precision and shifts the
+    filter centres, so its pixels differ (1-2% of values by one grey level, see
+    benchmarks/attempts/preprocessing.md).
+    """
+    if _vertical_first(img.size, new_size):
+        flipped = _split_horizontal_first(
+            img.transpose(Image.Transpose.TRANSPOSE), new_size[::-1], size, interpolation
+        )
+        return flipped.transpose(Image.Transpose.TRANSPOSE)
+    return _split_horizontal_first(img, new_size, size, interpolation)
+
+
+def _split_horizontal_first(
+    img: Image.Image, new_size: tuple[int, int], size: int, interpolation: str
+) -> Image.Image:
+    width, height = img.size
+    new_w, new_h = new_size
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    filt = INTERPOLATIONS[interpolation]
+    if new_h != height:
+        y0, y1 = _source_span(height, new_h, top, size, interpolation)
+    else:  # no vertical pass: the crop takes its rows straight from the horizontal pass
+        y0, y1 = top, top + size
+    rows = img if (y0, y1) == (0, height) else img.crop((0, y0, width, y1))
+    premultiplied = _SPLIT_MODES[img.mode]
+    if premultiplied:
+        rows = rows.convert(premultiplied)  # what Image.resize does for LA/RGBA, per pixel
+    if new_w != width:
+        rows = rows.resize((new_w, y1 - y0), filt)  # horizontal pass only (height unchanged)
+    strip = rows if new_w == size else rows.crop((left, 0, left + size, y1 - y0))
+    if new_h != height:
+        if (y0, y1) != (0, height):
+            canvas = Image.new(strip.mode, (size, height))
+            canvas.paste(strip, (0, y0))
+            strip = canvas
+        out = strip.resize((size, new_h), filt)  # vertical pass only (width unchanged)
+        out = out if new_h == size else out.crop((0, top, size, top + size))
+    else:
+        out = strip.crop((0, top - y0, size, top - y0 + size))
+    return out.convert(img.mode) if premultiplied else out
 
 
 def convert_rgb(img: Image.Image) -> Image.Image:
@@ -351,6 +516,15 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def jpeg_reduction(crop_size: tuple[int, int], out_size: int, margin: float = 2) -> int:
+    """The largest JPEG decode reduction (8, 4, 2, else 1) that leaves a crop of ``crop_size``
+    (h, w) at least ``margin * out_size`` pixels on both sides."""
+    for factor in (8, 4, 2):
+        if min(crop_size) >= margin * out_size * factor:
+            return factor
+    return 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms (classes, not closures, so DataLoader workers can pickle them)
 
@@ -371,7 +545,8 @@ class EvalTransform:
         _check_pil(img)
         if self.exif_transpose:
             img = ImageOps.exif_transpose(img)
-        return to_tensor_normalized(convert_rgb(eval_resize(img, self.cfg)), self.cfg.mean, self.cfg.std)
+        # to_tensor_normalized converts to RGB only when needed (convert("RGB") of an RGB image copies).
+        return to_tensor_normalized(eval_resize(img, self.cfg), self.cfg.mean, self.cfg.std)
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -407,12 +582,63 @@ class TrainTransform:
         _check_pil(img)
         if self.exif_transpose:
             img = ImageOps.exif_transpose(img)
-        top, left, h, w = random_resized_crop_params(
-            img.width, img.height, self.crop_scale, self.crop_ratio, generator
-        )
-        n = self.cfg.image_size
-        img = resize(img.crop((left, top, left + w, top + h)), (n, n), self.cfg.interpolation)
-        return to_tensor_normalized(convert_rgb(img), self.cfg.mean, self.cfg.std)
+        crop = random_resized_crop_params(img.width, img.height, self.crop_scale, self.crop_ratio, generator)
+        return self._crop_resize(img, crop, 1)
+
+    def decode(
+        self,
+        source: str | os.PathLike | bytes,
+        generator: torch.Generator | None = None,
+        *,
+        name: str | None = None,
+    ) -> torch.Tensor:
+        """Decode an image file (or encoded bytes) and augment it, decoding a JPEG at reduced scale.
+
+        The crop is drawn from the file header's size with the same draws as ``self(img)``, so it
+        covers the same part of the picture as ``self(load_image(source), generator)`` for the same
+        generator state. A JPEG whose crop is at least ``2 * JPEG_REDUCTION_MARGIN`` times the output
+        side is then decoded 2, 4 or 8 times smaller by the JPEG decoder itself (``Image.draft``,
+        scaling in the IDCT), at the largest factor that leaves the crop at least
+        ``JPEG_REDUCTION_MARGIN`` times the output on both sides, and the crop box is mapped into the
+        reduced image (fractional, ``resize(box=...)``). Pixels then differ from the full decode
+        by a fraction of a grey level on average (tests/test_transforms.py states the tolerance);
+        everything else (other formats, smaller JPEGs, ``exif_transpose=True``) is decoded in
+        full and gives exactly ``self(load_image(source), generator)``. Raises ``ImageLoadError``
+        like :func:`load_image`.
+        """
+        if self.exif_transpose:  # the crop is drawn after the rotation, which the header does not give
+            return self(load_image(source, True, name=name), generator)
+        drawn: list[tuple[int, int, int, int]] = []
+
+        def reduction(width: int, height: int) -> int:
+            drawn.append(
+                random_resized_crop_params(width, height, self.crop_scale, self.crop_ratio, generator)
+            )
+            return jpeg_reduction(drawn[0][2:], self.cfg.image_size, self.JPEG_REDUCTION_MARGIN)
+
+        img, factor = _decode(source, name, reduction)
+        return self._crop_resize(img, drawn[0], factor)
+
+    # The final resize after a reduced JPEG decode still shrinks by at least this much (see decode()).
+    JPEG_REDUCTION_MARGIN = 2
+
+    def _crop_resize(self, img: Image.Image, crop: tuple[int, int, int, int], factor: int) -> torch.Tensor:
+        """Crop ``crop`` = (top, left, h, w), given in full-size pixels, from ``img`` decoded ``factor``
+        times smaller, and resize it to n x n."""
+        top, left, h, w = crop
+        n, interp = self.cfg.image_size, self.cfg.interpolation
+        if factor == 1:
+            img = resize(img.crop((left, top, left + w, top + h)), (n, n), interp)
+        else:
+            # Reduced pixel i covers full-size pixels [i * factor, (i + 1) * factor): x -> x / factor.
+            x0, y0, x1, y1 = left / factor, top / factor, (left + w) / factor, (top + h) / factor
+            # Crop to the whole reduced pixels the box touches first, so that, as in the full-size
+            # path, the filter does not read the picture beyond the crop (less than a pixel of it).
+            ix0, iy0 = math.floor(x0), math.floor(y0)
+            img = img.crop((ix0, iy0, math.ceil(x1), math.ceil(y1)))
+            box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+            img = img.resize((n, n), INTERPOLATIONS[interp], box=box)
+        return to_tensor_normalized(img, self.cfg.mean, self.cfg.std)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -3,12 +3,21 @@
 The addresses are those OpenAI publishes (listed in their ``clip/clip.py``); the second-to-last path
 component of each is the SHA256 of the file, which we check after every download and before
 trusting a cached copy. The cache is ``$CLIPLAB_CACHE`` or ``~/.cache/cliplab``.
+
+Hashing a cached file costs a full read of it (about a second for ViT-B/32's 350 MB) on every
+load, so each verified file gets a small sidecar, ``.<name>.sha256.json``, recording its SHA256 with
+the size, modification time, change time and inode it had when hashed. A later load trusts the
+recorded hash while all four are unchanged and hashes the file again otherwise: any write to the
+file, ``touch``, a restored modification time (``os.utime`` sets the change time) or a replaced file
+is re-checked. The sidecar is written atomically, after the hash was checked; a missing, unreadable
+or unwritable sidecar only means the file is hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import urllib.error
 import urllib.request
@@ -17,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, atomic_write_json
 from .common import CheckpointError
 
 _BASE = "https://openaipublic.azureedge.net/clip/models"
@@ -80,12 +89,16 @@ def download(
             f"{target} exists and is not a regular file; remove it or choose another cache_dir"
         )
     if target.is_file():
-        if sha256_file(target).startswith(sha256):
+        digest = verified_sha256(target)
+        if digest.startswith(sha256):
             return target
         warnings.warn(f"{target}: SHA256 does not match {sha256}; downloading it again", stacklevel=2)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        return atomic_write(target, lambda tmp: _fetch(url, tmp, sha256, timeout, progress, label))
+        fetched: list[str] = []
+        atomic_write(target, lambda tmp: fetched.append(_fetch(url, tmp, sha256, timeout, progress, label)))
+        _remember_sha256(target, fetched[0])
+        return target
     except _NetworkError as exc:
         raise CheckpointError(
             f"could not download {label or target.name} from {url} ({exc.__cause__ or exc}). Without network "
@@ -106,11 +119,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sidecar_path(path: Path) -> Path:
+    """Where the verified SHA256 of the cached file ``path`` is remembered."""
+    return path.with_name(f".{path.name}.sha256.json")
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def verified_sha256(path: Path) -> str:
+    """The SHA256 of ``path``: from its sidecar while the file's size and times are unchanged, else hashed.
+
+    A freshly hashed file's digest is remembered in its sidecar for the next call.
+    """
+    stamp = _stamp(path)
+    try:
+        recorded = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        if isinstance(recorded, dict) and {k: recorded.get(k) for k in stamp} == stamp:
+            digest = recorded.get("sha256")
+            if isinstance(digest, str) and len(digest) == 64:
+                return digest
+    except (OSError, ValueError):
+        pass  # no sidecar yet, or an unreadable one: hash the file
+    digest = sha256_file(path)
+    if _stamp(path) == stamp:  # not modified while it was read
+        _remember_sha256(path, digest, stamp)
+    return digest
+
+
+def _remember_sha256(path: Path, digest: str, stamp: dict[str, int] | None = None) -> None:
+    try:
+        atomic_write_json(sidecar_path(path), {**(stamp or _stamp(path)), "sha256": digest})
+    except OSError:
+        pass  # a read-only cache: the file is hashed on every load, as before
+
+
 class _NetworkError(Exception):
     pass
 
 
-def _fetch(url: str, out_path: Path, sha256: str, timeout: float, progress: bool, label: str | None) -> None:
+def _fetch(url: str, out_path: Path, sha256: str, timeout: float, progress: bool, label: str | None) -> str:
+    """Download ``url`` to ``out_path``, checking and returning its SHA256."""
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(out_path, "wb") as out:
@@ -129,3 +180,4 @@ def _fetch(url: str, out_path: Path, sha256: str, timeout: float, progress: bool
             f"downloaded {url} but its SHA256 is {digest.hexdigest()}, expected {sha256}: the transfer was "
             "corrupted or the server sent another file. Try again; the bad file was not kept."
         )
+    return digest.hexdigest()

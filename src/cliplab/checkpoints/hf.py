@@ -256,7 +256,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         return out
     if path.suffix == ".safetensors":
         return read_safetensors(path)[0]
-    obj = torch_load(path)
+    obj = torch_load(path, mmap=True)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return dict(obj)

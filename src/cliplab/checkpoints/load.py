@@ -13,7 +13,7 @@ Formats (as :func:`detect_format` names them):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -35,13 +35,6 @@ from .hub import hub_snapshot, is_hub_id
 from .pretrained import resolve_architecture
 
 FORMATS = ("cliplab", "openai-jit", "openai", "open_clip", "hf")
-_READERS: dict[str, Callable[[Path], Loaded]] = {
-    "cliplab": native.read_cliplab,
-    "openai-jit": openai.read_openai,
-    "openai": openai.read_openai,
-    "open_clip": open_clip.read_open_clip,
-    "hf": hf.read_hf,
-}
 
 
 def load_checkpoint(
@@ -64,8 +57,8 @@ def load_checkpoint(
     open_clip- or transformers-layout repository through huggingface_hub (see ``hub.py``).
     """
     path = resolve(name_or_path, cache_dir)
-    fmt = detect_format(path)
-    loaded = _READERS[fmt](path)
+    fmt, contents = _detect(path)
+    loaded = _read(fmt, path, contents)
     cfg = resolve_architecture(config) if isinstance(config, str) else config
     cfg = resolve_config(loaded, path, cfg, quick_gelu)
     model = build_model(loaded.state_dict, cfg, path, fmt)
@@ -91,23 +84,45 @@ def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
 
 def detect_format(path: str | os.PathLike) -> str:
     """Which of :data:`FORMATS` the file or directory at ``path`` is; CheckpointError if none."""
-    path = Path(path)
+    return _detect(Path(path))[0]
+
+
+def _detect(path: Path) -> tuple[str, object | None]:
+    """The format, and the file's contents when telling it required reading them (else None).
+
+    Most formats are told apart by a directory's config file, a zip's entry names or a
+    safetensors header. A bare torch or safetensors file is told apart only by its keys, so it is
+    read here, once (memory-mapped where torch allows, which reads a tensor's bytes only when they
+    are used), and the reader takes what was read instead of reading the file again.
+    """
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
     if path.is_dir():
-        return _detect_dir(path)
+        return _detect_dir(path), None
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or save was interrupted")
     if is_torchscript_zip(path):
-        return "openai-jit"
+        return "openai-jit", None
     # a weights file inside an export directory: the directory's config describes it
     if path.name in open_clip.HUB_WEIGHTS and open_clip.is_open_clip_dir(path.parent):
-        return "open_clip"
+        return "open_clip", None
     if native.is_cliplab(path):
-        return "cliplab"
+        return "cliplab", None
     if path.name in hf.WEIGHT_FILES and hf.is_hf_dir(path.parent):
-        return "hf"
-    return _classify(read_weights_file(path, mmap=True), path)
+        return "hf", None
+    contents = read_weights_file(path, mmap=True)
+    return _classify(contents, path), contents
+
+
+def _read(fmt: str, path: Path, contents: object | None) -> Loaded:
+    """The reader of ``fmt``; ``contents`` (what detection already read, or None) spares a second read."""
+    if fmt == "cliplab":
+        return native.read_cliplab(path)
+    if fmt == "hf":
+        return hf.read_hf(path)
+    if fmt == "open_clip":
+        return open_clip.read_open_clip(path, contents)
+    return openai.read_openai(path, contents)
 
 
 def _detect_dir(path: Path) -> str:

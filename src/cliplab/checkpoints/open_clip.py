@@ -102,13 +102,17 @@ def looks_like_open_clip(obj: object) -> bool:
     return any(k.startswith(("module.", "_orig_mod.", "text.")) for k in keys)
 
 
-def read_open_clip(path: Path) -> Loaded:
-    """Weights (OpenAI layout) and, for hub exports, model and preprocessing config."""
-    if path.is_dir():
+def read_open_clip(path: Path, contents: object | None = None) -> Loaded:
+    """Weights (OpenAI layout) and, for hub exports, model and preprocessing config.
+
+    ``contents`` is the file's already-read contents (``read_weights_file``), when the caller has
+    them: the file is then not read again.
+    """
+    if contents is None and path.is_dir():
         return _read_hub_dir(path)
-    if path.name in HUB_WEIGHTS and is_open_clip_dir(path.parent):
+    if contents is None and path.name in HUB_WEIGHTS and is_open_clip_dir(path.parent):
         return _read_hub_dir(path.parent)
-    obj = read_weights_file(path)
+    obj = read_weights_file(path, mmap=True) if contents is None else contents
     config = preprocess = None
     if isinstance(obj, Mapping) and isinstance(obj.get("model_config"), Mapping):
         # cliplab's own training checkpoints carry their architecture and preprocessing
@@ -170,7 +174,7 @@ def _read_hub_dir(path: Path) -> Loaded:
     weights = next((path / w for w in HUB_WEIGHTS if (path / w).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{path}: has {HUB_CONFIG} but none of the weight files {list(HUB_WEIGHTS)}")
-    sd = to_openai_layout(unwrap(read_weights_file(weights), weights), weights)
+    sd = to_openai_layout(unwrap(read_weights_file(weights, mmap=True), weights), weights)
     preprocess = preprocess_from_cfg(cfg_json.get("preprocess_cfg") or {}, config.vision.image_size)
     return Loaded(sd, "open_clip", config=config, preprocess=preprocess)
 

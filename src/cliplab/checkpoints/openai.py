@@ -69,12 +69,17 @@ _REEXPORT = (
 )
 
 
-def read_openai(path: Path) -> Loaded:
-    """Weights of an OpenAI TorchScript archive or of a ``torch.save``-d OpenAI-layout state dict."""
-    if is_torchscript_zip(path):
+def read_openai(path: Path, contents: object | None = None) -> Loaded:
+    """Weights of an OpenAI TorchScript archive or of a ``torch.save``-d OpenAI-layout state dict.
+
+    ``contents`` is the file's already-read contents (``read_weights_file``), when the caller has
+    them: the file is then not read again.
+    """
+    if contents is None and is_torchscript_zip(path):
         sd, fmt = read_torchscript_state_dict(path), "openai-jit"
     else:
-        obj, fmt = read_weights_file(path), "openai"
+        obj = read_weights_file(path, mmap=True) if contents is None else contents
+        fmt = "openai"
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise CheckpointError(
                 f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}"

@@ -53,12 +53,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
-from ..transforms import load_image
 from .manifest import read_manifest
 from .samples import (
     Collate,
     DataConfig,
     Decoded,
+    EncodedImage,
     SampleMaker,
     SkipRecord,
     TrainLoader,
@@ -106,13 +106,7 @@ class ManifestSource:
 
     def get(self, index: int) -> tuple[str, Callable[[], Image.Image], str]:
         path = self.paths[index]
-        return path, lambda: _open_file(path), self.captions[index]
-
-
-def _open_file(path: str) -> Image.Image:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(path)  # counted as "missing file", apart from unreadable ones
-    return load_image(path)
+        return path, EncodedImage(path), self.captions[index]
 
 
 class SyntheticSource:
@@ -251,10 +245,12 @@ def build_train_loader(
     list of captions to [N, ctx] token ids. ``image_size`` is the size the synthetic source renders
     at (default 64). ``pin_memory=True`` (for training on CUDA) yields batches in page-locked
     memory. Manifests are read and validated here, so a malformed line fails before training starts.
-    ``progress`` shows a bar while the synthetic set is rendered into its cache.
+    ``progress`` shows a bar while the synthetic set is rendered into its cache. With
+    ``cfg.reduced_decode`` a transform with a ``decode`` method (``TrainTransform``) decodes and
+    augments manifest images in one go, JPEGs at reduced scale (see ``DataConfig``).
     """
     _check_positions(batch_size, rank, world_size, start_batch)
-    maker = SampleMaker(transform, tokenize)
+    maker = SampleMaker(transform, tokenize, cfg.reduced_decode)
     collate = Collate(*maker.empty_shapes(image_size))
     if cfg.source == "webdataset":
         from .wds import build_wds_loader

@@ -3,7 +3,8 @@
 A sample is the tar members sharing a key: an image (``.jpg``, ``.jpeg``, ``.png`` or ``.webp``)
 and a caption, read from ``.txt`` when present, else from the ``.json`` member's
 ``DataConfig.caption_key`` (by default the first of "caption", "text" it has). Images are decoded
-by ``cliplab.transforms.load_image``, with its decompression-bomb guard.
+as the manifest's are (``SampleMaker``: a large JPEG at reduced size unless ``data.reduced_decode``
+is false), with ``cliplab.transforms``' decompression-bomb guard.
 
 Shard specs are expanded by :func:`resolve_shards`, which evaluation uses too. This module imports
 the ``webdataset`` package only when shards are streamed or a pattern is expanded.
@@ -60,13 +61,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UsageError
 from ..fileio import read_text
-from ..transforms import load_image
 from .manifest import CAPTION_COLUMNS
 from .samples import (
     Batch,
     Collate,
     DataConfig,
     Decoded,
+    EncodedImage,
     SampleMaker,
     SkipRecord,
     TrainLoader,
@@ -301,7 +302,8 @@ class ShardStream(IterableDataset):
             return SkipRecord(where, str(exc))
         # Seeded by shard file name and key, not full path, so moving the data keeps the augmentation.
         seed = mix_seed(self.seed, self.epoch, zlib.crc32(f"{os.path.basename(url)}:{key}".encode()))
-        return self.maker.make(where, lambda: load_image(sample[ext], name=where), caption, -1, seed)
+        # Undecoded bytes: the training transform may decode a large JPEG at reduced size (see samples.py).
+        return self.maker.make(where, EncodedImage(sample[ext], name=where), caption, -1, seed)
 
     def _caption(self, sample: dict) -> str:
         """The .txt member, else the .json member's first caption key; ValueError says what is wrong."""

@@ -8,6 +8,27 @@ safetensors file (plain tensors + string metadata: nothing is unpickled when rea
 file name is that triple's fingerprint, so zero-shot and linear-probe runs over the same test set
 with the same model read the same file, and any change to the weights, the file list (or a file's
 size or mtime) or the transform gives a new one.
+
+The model's part of the key is the SHA-256 of its weights (``cliplab.inference.model_fingerprint``),
+which reads every weight: about 1.5 s for ViT-B/32. :func:`model_identity` computes it once per
+model and reuses it while nothing can have changed the weights since. "Nothing changed" is checked
+on every call by three cheap signals, each covering what the others miss:
+
+* every parameter and buffer is the same tensor object (held by weak reference: identity, not an
+  address that could be reused), with the same data pointer, shape, strides, dtype and device, and
+  the same autograd version counter, which every tracked in-place operation increments
+  (``load_state_dict``, updates under ``torch.no_grad()``, the foreach optimisers);
+* no ``torch.optim`` optimiser has stepped since (a global step hook counts steps): the fused AdamW
+  kernel, which the trainer uses by default, updates weights without touching version counters;
+* 16 elements of every tensor, at positions drawn at random when the identity was computed, still
+  hold the same bits: edits that bypass the version counter (``p.data.add_``, writes through a
+  NumPy view) change sampled elements in practice, as a re-initialisation or an update of a whole
+  tensor does.
+
+So the trainer's periodic evaluations, which change the weights in place between calls, always get
+a fresh key. What escapes all three is a write through ``.data`` or NumPy to a few elements none of
+which is sampled, with no optimiser step in between; after such surgery call
+:func:`forget_model_identity` (or pass ``cache_path=None``).
 """
 
 from __future__ import annotations
@@ -15,6 +36,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,8 +73,110 @@ def dataset_fingerprint(dataset: Any) -> str:
 
 def cache_key(model: torch.nn.Module, dataset: Any) -> str:
     """The cache key of ``model`` applied to ``dataset`` (its transform included)."""
-    text = f"{CACHE_FORMAT}\n{model_fingerprint(model)}\n{dataset_fingerprint(dataset)}"
+    text = f"{CACHE_FORMAT}\n{model_identity(model)}\n{dataset_fingerprint(dataset)}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+_PROBES = 16  # elements sampled per tensor
+_optimizer_steps = 0  # steps of any torch.optim optimiser since the hook was installed
+_step_hook = None
+_PROBE_GENERATOR = torch.Generator().manual_seed(0)
+
+
+@dataclass
+class _Identity:
+    fingerprint: str
+    steps: int
+    tensors: list[tuple[str, weakref.ref, tuple]]
+    positions: list[torch.Tensor]
+    probe: bytes
+
+
+_identities: weakref.WeakKeyDictionary[torch.nn.Module, _Identity] = weakref.WeakKeyDictionary()
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """``model_fingerprint(model)`` (SHA-256 of the weights), recomputed only when they may have changed.
+
+    The first call on a model hashes its weights; later calls cost a walk over its tensors and a
+    few sampled elements of each (see the module docstring for what is checked).
+    """
+    _install_step_hook()
+    known = _identities.get(model)
+    tensors = _tensors(model)
+    if known is not None and _unchanged(known, tensors):
+        return known.fingerprint
+    steps = _optimizer_steps
+    fingerprint = model_fingerprint(model)
+    try:
+        positions = [_positions(t) for _, t in tensors]
+        _identities[model] = _Identity(
+            fingerprint,
+            steps,
+            [(name, weakref.ref(t), _meta(t)) for name, t in tensors],
+            positions,
+            _probe(tensors, positions),
+        )
+    except RuntimeError:  # inference-mode tensors have no version counter: nothing to remember by
+        _identities.pop(model, None)
+    return fingerprint
+
+
+def forget_model_identity(model: torch.nn.Module) -> None:
+    """Make the next :func:`model_identity` of ``model`` hash its weights again."""
+    _identities.pop(model, None)
+
+
+def _install_step_hook() -> None:
+    global _step_hook
+    if _step_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _step_hook = register_optimizer_step_post_hook(_count_step)
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    # What model_fingerprint hashes, as the live parameters and buffers rather than detached copies.
+    return [(n, t) for n, t in model.state_dict(keep_vars=True).items() if isinstance(t, torch.Tensor)]
+
+
+def _meta(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.storage_offset(), t.dtype, t.device)
+
+
+def _positions(t: torch.Tensor) -> torch.Tensor:
+    n = t.numel()
+    if n <= _PROBES:
+        return torch.arange(n, device=t.device)
+    # A private generator: drawing from torch's global one would shift a training run's random stream.
+    return torch.randint(n, (_PROBES,), generator=_PROBE_GENERATOR).to(t.device)
+
+
+def _probe(tensors: list[tuple[str, torch.Tensor]], positions: list[torch.Tensor]) -> bytes:
+    """The bits of the sampled elements (bits, not values: a NaN equals itself, -0.0 differs from 0.0)."""
+    with torch.no_grad():
+        parts = [
+            torch.take(t.detach(), i).view(torch.uint8).cpu()
+            for (_, t), i in zip(tensors, positions, strict=True)
+        ]
+    return torch.cat(parts).numpy().tobytes() if parts else b""
+
+
+def _unchanged(known: _Identity, tensors: list[tuple[str, torch.Tensor]]) -> bool:
+    if known.steps != _optimizer_steps or len(known.tensors) != len(tensors):
+        return False
+    try:
+        for (name, ref, meta), (now, t) in zip(known.tensors, tensors, strict=True):
+            if name != now or ref() is not t or meta != _meta(t):
+                return False
+    except RuntimeError:  # an inference-mode tensor has no version counter
+        return False
+    return _probe(tensors, known.positions) == known.probe
 
 
 def cache_file(cache_path: str | os.PathLike, dataset: Any) -> Path:

@@ -7,6 +7,10 @@ and :mod:`cliplab.inference.sources` for the image collections::
     images = open_images("photos/")                       # or a manifest, shards, a list of paths
     out = encode_images(model, images, preprocess=preprocess)   # features [N, D], indices, skipped
     texts = encode_texts(model, ["a red car", "a dog"])   # [2, D]
+    fast = encode_images(model, images, preprocess=preprocess, precision="auto")  # bfloat16 where native
+
+:mod:`cliplab.inference.fast` prepares an inference-only copy of an image tower (bfloat16 or float16,
+BatchNorm folded, channels-last ResNets): ``prepare_image_encoder(model).encode_image(x)``.
 """
 
 from .encode import (
@@ -21,6 +25,7 @@ from .encode import (
     image_batches,
     model_fingerprint,
 )
+from .fast import FastImageEncoder, prepare_image_encoder
 from .sources import (
     ImageCollection,
     ImageFolder,
@@ -33,6 +38,7 @@ from .sources import (
 
 __all__ = [
     "EncodedImages",
+    "FastImageEncoder",
     "ImageBatch",
     "ImageCollection",
     "ImageFolder",
@@ -49,4 +55,5 @@ __all__ = [
     "image_batches",
     "model_fingerprint",
     "open_images",
+    "prepare_image_encoder",
 ]

@@ -7,14 +7,24 @@ other formats are mapped onto them at load time (see ``cliplab.checkpoints``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig, mlp_width
 from .modified_resnet import ModifiedResNet
-from .transformer import LayerNorm, Transformer
+from .transformer import LayerNorm, Packing, Transformer
 from .vision_transformer import VisionTransformer
+
+
+@dataclass
+class TextPrefixes:
+    """Cached keys and values of token prefixes shared by many texts (``CLIP.encode_text_prefixes``)."""
+
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (heads, G, P_max, head_dim) each
+    lengths: torch.Tensor  # (G,) tokens in each prefix
 
 
 class CLIP(nn.Module):
@@ -86,6 +96,80 @@ class CLIP(nn.Module):
         x = self.token_embedding(text).to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
         x = self.transformer(x, causal=True)
         x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, D): pool before the final LN
+        x = self.ln_final(x) @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text_prefixes(self, prefixes: torch.Tensor, lengths: torch.Tensor) -> TextPrefixes:
+        """Run G token prefixes (G, P_max), zero-padded at the end to ``lengths``, once; cache them.
+
+        A prefix is the start of texts, with the start-of-text token and without their end-of-text
+        token (length 0: nothing shared); :meth:`encode_text_after_prefix` then encodes only the rest
+        of each text.
+        """
+        lengths = lengths.to(prefixes.device)
+        if prefixes.ndim != 2 or lengths.shape != prefixes.shape[:1]:
+            raise ValueError(f"prefixes must be (G, P) with G lengths, got {tuple(prefixes.shape)}")
+        if int(lengths.min()) < 0 or int(lengths.max()) > min(prefixes.shape[1], self.context_length - 1):
+            raise ValueError("each prefix needs 0 to context_length - 1 tokens, within its row")
+        # Prefixes of one length run together, unpadded; the cache is padded (with zeros) to P_max.
+        heads = self.transformer.resblocks[0].attn.heads
+        shape = (heads, prefixes.shape[0], prefixes.shape[1], self.transformer.width // heads)
+        cache = [
+            (prefixes.new_zeros(shape, dtype=self.dtype), prefixes.new_zeros(shape, dtype=self.dtype))
+            for _ in self.transformer.resblocks
+        ]
+        for n in lengths.unique().tolist():
+            if n == 0:
+                continue
+            rows = (lengths == n).nonzero().squeeze(1)
+            x = self.token_embedding(prefixes[rows, :n]).to(self.dtype) + self.positional_embedding[:n].to(
+                self.dtype
+            )
+            for (keys, values), (k, v) in zip(cache, self.transformer.prefix_keys_values(x), strict=True):
+                keys[:, rows, :n] = k
+                values[:, rows, :n] = v
+        return TextPrefixes(cache, lengths)
+
+    def encode_text_after_prefix(
+        self,
+        suffixes: torch.Tensor,
+        suffix_lengths: torch.Tensor,
+        prefix_index: torch.Tensor,
+        prefixes: TextPrefixes,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Features of texts given as a cached prefix and the tokens after it; equal to ``encode_text``.
+
+        Text ``i`` is prefix ``prefix_index[i]`` of ``prefixes`` followed by the first
+        ``suffix_lengths[i]`` ids of ``suffixes[i]`` (N, S), the last of them its end-of-text token.
+        Its suffix runs at positions after the prefix and attends to the prefix's cached keys and
+        values, which is what the causal forward pass of the whole text computes.
+        """
+        device = suffixes.device
+        prefix_index, suffix_lengths = prefix_index.to(device), suffix_lengths.to(device)
+        n, length = suffixes.shape
+        starts = prefixes.lengths.to(device)[prefix_index]  # (N,) tokens before each suffix
+        if int((starts + suffix_lengths).max()) > self.context_length or int(suffix_lengths.min()) < 1:
+            raise ValueError(
+                f"each text needs 1 to {self.context_length} tokens after its prefix, within its row"
+            )
+        p = int(starts.max())
+        # Only real tokens run through the linear layers; attention pads them back into rows.
+        packing = Packing(suffix_lengths, length)
+        ids = suffixes.flatten()[packing.slots]
+        positions = (starts[:, None] + torch.arange(length, device=device)).flatten()[packing.slots]
+        x = self.token_embedding(ids).to(self.dtype) + self.positional_embedding[positions].to(self.dtype)
+        if bool((prefix_index == prefix_index[0]).all()):
+            # One prefix for the whole batch (a template's prompts): its keys and values are used as
+            # they are cached, shared by every row, never copied per row.
+            g = int(prefix_index[0])
+            past = [(k[:, g, :p], v[:, g, :p]) for k, v in prefixes.keys_values]
+            past_mask = None
+        else:
+            # Mixed prefixes: gathered per row; a row sees its own prefix, not the padding of shorter ones.
+            past = [(k[:, prefix_index, :p], v[:, prefix_index, :p]) for k, v in prefixes.keys_values]
+            past_mask = torch.arange(p, device=device) < starts[:, None]
+        x = self.transformer.forward_after(x, past, past_mask, packing)  # (N, D) at end-of-text
         x = self.ln_final(x) @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
 

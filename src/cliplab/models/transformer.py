@@ -50,6 +50,89 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
 
+    def attend_after(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor | None,
+        past_v: torch.Tensor | None,
+        past_mask: torch.Tensor | None = None,
+        packing: Packing | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal attention of ``x`` to cached earlier keys/values and to itself.
+
+        Without a past (``past_k`` None), ``x`` is (N, L, D) and this is plain causal attention.
+        With one, ``x`` is (R, D): the real tokens of N rows of different lengths, packed as
+        ``packing`` says (the linear layers run on real tokens only; attention scatters them into
+        (N, L) rows, padded at the end, which the causal mask keeps from every real query).
+        ``past_k``/``past_v`` hold the keys and values of positions before each row (a cached prompt
+        prefix): (heads, P, head_dim) when all N rows follow the same prefix (it is never copied per
+        row: the rows' queries meet it in one (heads, N * L, head_dim) @ (heads, head_dim, P)
+        product), or (heads, N, P, head_dim) per row, with ``past_mask`` (N, P) saying which of them
+        each row sees (prefixes of different lengths, padded). With ``last_only`` only each row's last
+        token is a query (the others still give keys and values) and the output is (N, D), else
+        (R, D). Returns ``(out, k, v)``, ``k``/``v`` being this call's own keys and values,
+        (heads, N, L, head_dim).
+        """
+        width = x.shape[-1]
+        heads = self.heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if past_k is None:
+            n, length, _ = x.shape
+            q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 3, 0, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out_proj(out.permute(1, 2, 0, 3).reshape(n, length, width)), k, v
+        if packing is None:
+            raise ValueError("attention after cached keys/values needs the packing of x")
+        n, length = packing.rows, packing.length
+        qkv = qkv.new_zeros(n * length, 3 * width).index_copy_(0, packing.slots, qkv)
+        # (N * L, 3D) -> 3 x (heads, N, L, head_dim): heads first, so a shared prefix folds N into rows
+        q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 3, 0, 1, 4).unbind(0)
+        scale = (width // heads) ** -0.5
+        if last_only:
+            q = q[:, packing.row_index, packing.lengths - 1].unsqueeze(2)  # (heads, N, 1, head_dim)
+            hidden = packing.after_last  # (N, 1, L)
+        else:
+            hidden = packing.causal  # (L, L)
+        q = (q * scale).contiguous()  # (heads, N, Lq, head_dim)
+        lq = q.shape[2]
+        if past_k.ndim == 3:  # one prefix for all rows
+            scores_past = torch.bmm(q.view(heads, n * lq, -1), past_k.transpose(1, 2)).view(heads, n, lq, -1)
+        else:
+            scores_past = q @ past_k.transpose(-1, -2)
+            if past_mask is not None:
+                scores_past = scores_past.masked_fill(~past_mask[None, :, None, :], float("-inf"))
+        scores_own = (q @ k.transpose(-1, -2)).masked_fill_(hidden, float("-inf"))
+        p = scores_past.shape[-1]
+        weights = torch.cat([scores_past, scores_own], dim=-1).softmax(dim=-1)
+        out = weights[..., p:] @ v
+        if past_k.ndim == 3:
+            out += torch.bmm(weights[..., :p].reshape(heads, n * lq, p), past_v).view(heads, n, lq, -1)
+        else:
+            out += weights[..., :p] @ past_v
+        out = out.permute(1, 2, 0, 3).reshape(n * lq, width)
+        if not last_only:
+            out = out.index_select(0, packing.slots)
+        return self.out_proj(out), k, v
+
+
+class Packing:
+    """Where the R real tokens of N rows (lengths ``lengths``, padded to ``length``) sit.
+
+    ``slots`` (R,): each real token's place in the padded N x L rows, row-major; ``last`` (N,): the
+    packed index of each row's last token. Also the masks attention uses.
+    """
+
+    def __init__(self, lengths: torch.Tensor, length: int):
+        device = lengths.device
+        steps = torch.arange(length, device=device)
+        self.rows, self.length, self.lengths = len(lengths), length, lengths
+        self.slots = (steps < lengths[:, None]).flatten().nonzero().squeeze(1)
+        self.last = lengths.cumsum(0) - 1
+        self.row_index = torch.arange(len(lengths), device=device)
+        self.causal = steps[None, :] > steps[:, None]  # (L, L): key after query
+        self.after_last = (steps > (lengths - 1)[:, None]).unsqueeze(1)  # (N, 1, L)
+
 
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int, quick_gelu: bool = True, mlp_width: int | None = None):
@@ -66,6 +149,22 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_after(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor | None,
+        past_v: torch.Tensor | None,
+        past_mask: torch.Tensor | None = None,
+        packing: Packing | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block on positions that follow cached ones; see ``SelfAttention.attend_after``."""
+        out, k, v = self.attn.attend_after(self.ln_1(x), past_k, past_v, past_mask, packing, last_only)
+        if last_only:
+            x = x[packing.last]
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), k, v
 
 
 class Transformer(nn.Module):
@@ -97,4 +196,36 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, causal, use_reentrant=False)
             else:
                 x = block(x, causal=causal)
+        return x
+
+    # Causal decoding in two steps, for many sequences that share their first tokens (zero-shot
+    # prompts "a photo of a {}." share "<sot> a photo of a"): the shared part runs once, the rest of
+    # each sequence attends to its cached keys and values. In exact arithmetic this is the plain
+    # causal forward pass: with the causal mask a position never depends on later ones.
+
+    def prefix_keys_values(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of every layer, (heads, N, L, head_dim) each, for a causal forward of ``x``."""
+        cache = []
+        for block in self.resblocks:
+            x, k, v = block.forward_after(x, None, None)
+            cache.append((k, v))
+        return cache
+
+    def forward_after(
+        self,
+        x: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]],
+        past_mask: torch.Tensor | None,
+        packing: Packing,
+    ) -> torch.Tensor:
+        """Hidden states (N, D) at the last token of each row of ``x``, which follows ``past``.
+
+        ``x`` (R, D) holds the rows' real tokens packed as ``packing`` says. ``past`` holds each
+        layer's cached keys and values, shared (heads, P, head_dim) or per row (heads, N, P,
+        head_dim) with ``past_mask`` (N, P); see ``SelfAttention.attend_after``. The last layer
+        computes only the rows' last tokens: no later layer needs the others.
+        """
+        last = len(self.resblocks) - 1
+        for i, (block, (k, v)) in enumerate(zip(self.resblocks, past, strict=True)):
+            x, _, _ = block.forward_after(x, k, v, past_mask, packing, last_only=i == last)
         return x

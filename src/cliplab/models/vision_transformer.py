@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import VisionConfig, mlp_width
-from .transformer import LayerNorm, Transformer
+from .transformer import LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer
 
 
 class VisionTransformer(nn.Module):
@@ -39,5 +39,28 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (N, grid*grid, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
+        x = self.ln_pre(x)
+        if torch.is_grad_enabled():
+            x = self.transformer(x)
+        else:
+            for block in self.transformer.resblocks:
+                x = _block_inplace(block, x)
         return self.ln_post(x[:, 0]) @ self.proj
+
+
+def _block_inplace(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` without autograd, updating ``x`` and the MLP activation in place.
+
+    The same operations in the same order as ``ResidualAttentionBlock.forward`` (so bit-identical
+    results), minus the four temporaries of the (N, L, 4D) MLP activation and the residual sums:
+    fresh large CPU buffers are page-faulted in on every call, which cost as much as the
+    element-wise arithmetic itself (benchmarks/attempts/image.md).
+    """
+    x += block.attn(block.ln_1(x))
+    h = block.mlp.c_fc(block.ln_2(x))
+    if isinstance(block.mlp.gelu, QuickGELU):
+        h.mul_(torch.sigmoid_(h * 1.702))  # QuickGELU: x * sigmoid(1.702 * x)
+    else:
+        h = block.mlp.gelu(h)
+    x += block.mlp.c_proj(h)
+    return x
