@@ -28,7 +28,7 @@ from cliplab.models import CLIPConfig, TextConfig, VisionConfig
 from cliplab.models.config import mlp_width
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["a photo of a dog", "a diagram of a red triangle left of a blue star", "x"]
+TEXTS = ["a photo of a dog", "a diagram of a red triangle left of a blue star", "x", "cheap! wow!!"]
 
 # Shapes of open_clip architectures beyond OpenAI's, scaled down: ViT-g-14's and ViT-bigG-14's MLP
 # ratios, ViT-H-14's 80-wide heads, ViT-B-16-plus-240's text and embedding widths.
@@ -79,7 +79,8 @@ def test_hf_export_loads_in_transformers_with_equal_features(tmp_path, name):
     images = [photo(2 * n + 12, 2 * n), photo(2 * n, 2 * n + 12)]
     batch = processor(text=TEXTS, images=images, padding="max_length", max_length=ctx, return_tensors="pt")
     ids = cliplab.tokenize(TEXTS, context_length=ctx)
-    assert torch.equal(batch["input_ids"], ids)  # same ids, same padding
+    # Same ids; transformers pads with <|endoftext|> (as OpenAI's release), cliplab with 0.
+    assert torch.equal(batch["input_ids"] * batch["attention_mask"], ids)
     pixels = torch.stack([preprocess(im) for im in images])
     assert (batch["pixel_values"] - pixels).abs().max() < 1e-6
     with torch.no_grad():

@@ -174,7 +174,7 @@ def to_hf_config(config: CLIPConfig) -> dict:
             # position as our argmax since end-of-text is the highest id.
             "bos_token_id": 49406,
             "eos_token_id": 49407,
-            "pad_token_id": 0,
+            "pad_token_id": 49407,  # the exported tokenizer pads with end-of-text (formats.py)
         },
         "vision_config": {
             "hidden_size": v.width,

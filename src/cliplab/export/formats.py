@@ -97,8 +97,11 @@ def _write_hf_tokenizer(directory: Path, context_length: int) -> None:
     (directory / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
     )
-    # "!" is id 0, the padding cliplab.tokenize uses: a CLIPProcessor pads rows exactly as cliplab does.
-    special = {"bos_token": _SOT, "eos_token": _EOT, "unk_token": _EOT, "pad_token": "!"}
+    # Padding with <|endoftext|>, as OpenAI's own transformers release does. Naming "!" (id 0, the
+    # padding of cliplab.tokenize) would make the tokenizer treat every "!" of a text as a special
+    # token and give it id 0 instead of 256. Positions after the end-of-text token never change the
+    # text features (causal mask, pooled at the first end-of-text), so the padding value does not matter.
+    special = {"bos_token": _SOT, "eos_token": _EOT, "unk_token": _EOT, "pad_token": _EOT}
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     config = {
         "tokenizer_class": "CLIPTokenizer",
