@@ -2,8 +2,8 @@
 
 Three axes, each a table (``benchmarks/results/bench_scaling.json``) and a plot (``docs/perf/``):
 
-1. **Training** samples/s and peak memory against batch size: ``demo-rn32`` (32 px, the demo's
-   model) and ViT-B/32 (224 px). Trainer.train_step (forward, loss, backward, fused AdamW) on
+1. **Training** samples/s and peak memory against batch size: ``demo-rn32`` (32 px, a small
+   ModifiedResNet) and ViT-B/32 (224 px). Trainer.train_step (forward, loss, backward, fused AdamW) on
    batches made beforehand, so the data pipeline is not part of it (``bench_train.py`` measures that).
 2. **Zero-shot evaluation** time and peak memory against the number of images: ``evaluate_zero_shot``
    end to end (preprocess PIL images, encode, build the classifier from 10 classes x 8 templates,

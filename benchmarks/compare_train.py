@@ -4,7 +4,8 @@ Two cases, each end to end from the same on-disk CSV manifest of JPEG files (abs
 column ``filepath`` and ``caption``), which both trainers read:
 
 * ``vit``: ViT-B/32 at batch 16,
-* ``demo``: the demo model (``demo-rn32``, a ModifiedResNet at 32 px) at batch 128.
+* ``demo``: ``demo-rn32`` (a ModifiedResNet at 32 px, the demo's model until the demo moved to
+  ``demo-rn32s``, whose full-resolution stem open_clip cannot express) at batch 128.
 
 Each trainer runs as its own process (``python -m cliplab train --config ...`` and
 ``python -m open_clip_train.main ...`` through a small wrapper that first registers the model

@@ -24,7 +24,7 @@ from cliplab.checkpoints import CheckpointError, detect_format, load_checkpoint
 from cliplab.checkpoints.card import MARKER
 from cliplab.cli.main import main as cli
 from cliplab.export import export_hf, export_open_clip
-from cliplab.models import CLIPConfig, TextConfig, VisionConfig
+from cliplab.models import CLIPConfig, TextConfig, VisionConfig, get_config
 from cliplab.models.config import mlp_width
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,17 @@ def test_hf_export_refuses_resnets_before_writing(tmp_path):
     with pytest.raises(CheckpointError, match="no ResNet image tower"):
         export_hf(random_model("tiny-rn"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_open_clip_export_refuses_a_stem_open_clip_cannot_express(tmp_path):
+    base = get_config("tiny-rn")
+    cfg = replace(base, vision=replace(base.vision, stem_stride_conv=2))
+    model = random_model(cfg)
+    with pytest.raises(CheckpointError, match="stem_stride_conv=2"):
+        export_open_clip(model, tmp_path / "oc")
+    assert not (tmp_path / "oc").exists()
+    again, _ = load_checkpoint(cliplab.save(model, tmp_path / "native"))  # cliplab's own format keeps it
+    assert again.config == cfg
 
 
 @pytest.mark.parametrize("name", ["micro", "tiny-rn", "mlp-ratios"])

@@ -263,6 +263,16 @@ def test_numpy_normalisation_is_bit_identical_to_the_tensor_path(mode):
     if mode == "I;16":
         img = Image.fromarray(rng.integers(0, 65535, (23, 29), dtype=np.uint16))
     pre = PreprocessConfig(image_size=23)
-    want = to_tensor_normalized(img, pre.mean, pre.std).numpy()
+    # torchvision's ToTensor + Normalize arithmetic, op for op, in torch
+    rgb = img.convert("RGB")
+    x = (
+        torch.from_numpy(np.array(rgb, dtype=np.uint8))
+        .permute(2, 0, 1)
+        .contiguous()
+        .to(torch.float32)
+        .div(255)
+    )
+    want = x.sub_(torch.tensor(pre.mean).view(-1, 1, 1)).div_(torch.tensor(pre.std).view(-1, 1, 1)).numpy()
     got = to_array_normalized(img, pre.mean, pre.std)
     assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(to_tensor_normalized(img, pre.mean, pre.std).numpy(), want)

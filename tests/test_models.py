@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from reference import load_reference
 
-from cliplab.models import CLIP, CLIPConfig, build_model, get_config, infer_config, list_configs
+from cliplab.models import CLIP, CLIPConfig, VisionConfig, build_model, get_config, infer_config, list_configs
 
 SMALL = ["micro", "tiny", "tiny-rn"]
 EOT = 49407
@@ -81,7 +82,46 @@ def test_infer_config_from_weights(name):
     cfg = get_config(name)
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = CLIP(cfg)
-    assert infer_config(model.state_dict()) == cfg
+    # Which stem convolution downsamples changes no weight's shape: a config says it, weights cannot.
+    openai_stem = replace(cfg, vision=replace(cfg.vision, stem_stride_conv=1))
+    assert infer_config(model.state_dict()) == openai_stem
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_resnet_stem_stride_conv(at):
+    """The stem convolution that halves the resolution; the rest of the tower is unchanged."""
+    base = get_config("tiny-rn")
+    cfg = replace(base, vision=replace(base.vision, stem_stride_conv=at))
+    assert CLIPConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert ("stem_stride_conv" in cfg.to_dict()["vision"]) == (at != 1)  # OpenAI's stem is left out
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    visual = model.visual
+    assert [c.stride for c in (visual.conv1, visual.conv2, visual.conv3)] == [
+        (2, 2) if i == at else (1, 1) for i in (1, 2, 3)
+    ]
+    seen = []
+    visual.avgpool.register_forward_hook(lambda m, i, o: seen.append((i[0].shape[-1], o.shape[-1])))
+    size = cfg.vision.image_size
+    with torch.no_grad():
+        out = model.encode_image(torch.randn(2, 3, size, size))
+    assert out.shape == (2, cfg.embed_dim) and seen == [(size // 2, size // 4)]
+    reference = build_model(base)
+    reference.load_state_dict(model.state_dict())  # same weights, OpenAI's stem: a different function
+    with torch.no_grad():
+        differs = not torch.allclose(reference.eval().encode_image(torch.ones(1, 3, size, size)),
+                                     model.encode_image(torch.ones(1, 3, size, size)))  # fmt: skip
+    assert differs == (at != 1)
+
+
+@pytest.mark.parametrize("value", [0, 4, True, "2"])
+def test_bad_stem_stride_conv_is_an_error(value):
+    with pytest.raises(ValueError, match="stem_stride_conv"):
+        VisionConfig(
+            kind="resnet", image_size=32, layers=(1, 1, 1, 1), width=8, heads=2, stem_stride_conv=value
+        )
+    with pytest.raises(ValueError, match="ResNets only"):
+        VisionConfig(stem_stride_conv=2)
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -129,6 +169,53 @@ def test_text_truncation_is_lossless(name):
         fast = model.encode_text(tokens)
         full = model.encode_text(tokens, full_length=True)
     assert (fast - full).abs().max() <= 1e-5
+
+
+def _text_grads(model: CLIP, tokens: torch.Tensor, full_length: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    out = model.encode_text(tokens, full_length=full_length)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_text_equals_padded_forward_and_backward(checkpointing):
+    """The default path packs each row's real tokens (no padding through the linear layers, only
+    end-of-text tokens in the last layer); full_length=True is the plain padded computation."""
+    torch.manual_seed(0)
+    model = build_model(get_config("micro")).double()
+    model.set_grad_checkpointing(checkpointing)
+    ctx = model.config.text.context_length
+    tokens = random_tokens(7, ctx, seed=3)
+    tokens[0] = 0
+    tokens[0, :2] = torch.tensor([49406, EOT])  # shortest possible row: start and end only
+    tokens[1] = 0
+    tokens[1, 0], tokens[1, 1 : ctx - 1], tokens[1, ctx - 1] = 49406, 400, EOT  # a full-length row
+    assert len(set((tokens.argmax(-1)).tolist())) >= 5  # rows of many lengths
+    packed = model.encode_text(tokens)
+    padded = model.encode_text(tokens, full_length=True)
+    assert (packed - padded).abs().max() <= 1e-12
+    got, want = _text_grads(model, tokens, False), _text_grads(model, tokens, True)
+    assert got.keys() == want.keys() and "positional_embedding" in got
+    for n in want:  # LayerNorm runs in float32 (cliplab's LayerNorm), hence not 1e-12 here
+        torch.testing.assert_close(got[n], want[n], rtol=1e-6, atol=1e-6)
+    for rows in (tokens[:1], tokens[1:2]):  # one row; all rows of one length
+        assert (model.encode_text(rows) - model.encode_text(rows, full_length=True)).abs().max() <= 1e-12
+
+
+def test_packed_text_gradients_are_reproducible():
+    """Two backward passes give bit-identical gradients on a multi-threaded CPU (training runs are
+    reproducible): no parameter's gradient is accumulated in a thread-dependent order."""
+    torch.manual_seed(0)
+    model = build_model(get_config("micro"))
+    tokens = random_tokens(64, model.config.text.context_length, seed=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first, second = _text_grads(model, tokens, False), _text_grads(model, tokens, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(first[n], second[n]) for n in first)
 
 
 def test_text_longer_than_context_is_a_clear_error():

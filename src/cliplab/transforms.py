@@ -441,10 +441,12 @@ def to_tensor_normalized(
     """
     import torch
 
+    dtype = torch.get_default_dtype()
+    if dtype == torch.float32:  # the same float32 operations, without torch's per-call overhead
+        return torch.from_numpy(to_array_normalized(img, mean, std))
     if img.mode != "RGB":
         img = convert_rgb(img)
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).view(img.height, img.width, 3)
-    dtype = torch.get_default_dtype()
     x = pixels.permute(2, 0, 1).contiguous().to(dtype).div(255)
     mean_t = torch.as_tensor(mean, dtype=dtype).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=dtype).view(-1, 1, 1)
@@ -495,10 +497,10 @@ def random_resized_crop_params(
     import torch
 
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_lo, log_hi = _log_ratio(*ratio)
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        log_ar = torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=generator)
+        log_ar = torch.empty(1).uniform_(log_lo, log_hi, generator=generator)
         aspect = torch.exp(log_ar).item()
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
@@ -514,6 +516,15 @@ def random_resized_crop_params(
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio(low: float, high: float) -> tuple[float, float]:
+    """torchvision's bounds for the aspect-ratio draw: the logs taken in float32, as it takes them."""
+    import torch
+
+    lo, hi = torch.log(torch.tensor((low, high))).tolist()
+    return lo, hi
 
 
 def jpeg_reduction(crop_size: tuple[int, int], out_size: int, margin: float = 2) -> int:

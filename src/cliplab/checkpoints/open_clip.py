@@ -249,6 +249,12 @@ def check_supported(model_cfg: Mapping, source: object) -> None:
 def to_model_cfg(config: CLIPConfig) -> dict:
     """open_clip's ``model_cfg`` for a cliplab architecture (the inverse of :func:`config_from_model_cfg`)."""
     v, t = config.vision, config.text
+    if v.stem_stride_conv != 1:
+        raise CheckpointError(
+            f"vision.stem_stride_conv={v.stem_stride_conv}: open_clip's ModifiedResNet downsamples in its first "
+            "stem convolution and has no setting for another, so it would load these weights as a different "
+            "model; save this model with cliplab.save (or export it to ONNX) instead"
+        )
     vision: dict = {"image_size": v.image_size, "layers": v.layers, "width": v.width}
     if v.kind == "resnet":
         vision["layers"] = list(v.layers)

@@ -48,6 +48,7 @@ from cliplab.data.synthetic_render import (
     RELATION_PHRASES,
     RELATION_TEMPLATES,
     SHAPE_OUTLINES,
+    SHAPE_TEMPLATES,
     SINGLE_TEMPLATES,
     WORD_TEMPLATES,
     Background,
@@ -100,12 +101,12 @@ _HELD_OUT = frozenset(HELD_OUT_PAIRS)
 # "glyph": a digit alone on paper or a slate, handwritten (see cliplab.data.glyphs) or printed, often
 # blurred or seen at low resolution, as in scans and photos of documents.
 KIND_WEIGHTS: tuple[tuple[str, int], ...] = (
-    ("single", 26),
-    ("relation", 12),
-    ("count", 14),
-    ("group", 6),
-    ("digit", 14),
-    ("word", 4),
+    ("single", 34),
+    ("relation", 10),
+    ("count", 12),
+    ("group", 4),
+    ("digit", 16),
+    ("word", 2),
     ("glyph", 28),
 )
 
@@ -190,16 +191,22 @@ def _single(rng: random.Random, bg: Background) -> tuple[list, list[dict], str, 
     position = rng.choice(POSITIONS)
     # Mostly large: at the demo's 32 px a small shape is a few pixels wide, too few to tell a circle from
     # a hexagon, so its caption would teach the shape words little.
-    r = rng.uniform(0.12, 0.155) if rng.random() < 0.35 else rng.uniform(0.2, 0.28)
+    r = rng.uniform(0.12, 0.155) if rng.random() < 0.25 else rng.uniform(0.18, 0.28)
     spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
     obj["position"] = position
     fields = noun_phrase(rng, obj, p_size=0.45)
     posw = rng.choice(POSITION_PHRASES[position]) if rng.random() < 0.7 else ""
-    if posw and rng.random() < 0.2:
+    alone = rng.random()
+    if posw and alone < 0.2:
         # Position alone: in a batch, colour and shape already tell most captions apart, so a caption
         # that says nothing else is what makes the position words carry meaning.
         noun = rng.choice(("shape", "object", "thing"))
         fields |= {"np": noun, "a_np": article(noun), "colour": "", "shape": ""}
+    elif alone >= 0.5 and obj["size"] == "large":
+        # Shape alone, for the same reason: with colour and position named, a caption rarely needs its
+        # shape word to find its image, and the shape words stayed vague (circle, square and hexagon).
+        caption = fill_template(rng, SHAPE_TEMPLATES, {"P": rng.choice(PREFIXES), "shape": shape})
+        return [spec], [obj], caption, {}
     fields |= {
         "P": rng.choice(PREFIXES),
         "posw": posw,

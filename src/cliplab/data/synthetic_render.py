@@ -457,6 +457,11 @@ SINGLE_TEMPLATES = (
     "{P}a {shape} colored {colour}{pos}{bg}.", "{P}a {shape} in {colour}{pos}{bg}.",
     "{posw}: {a_np}.", "{P}one {np}{pos}{bg}.", "{P}a single {np}{pos}.", "the only object is {a_np}{pos}.",
 )  # fmt: skip
+# A single shape named by its shape alone.
+SHAPE_TEMPLATES = (
+    "{P}a {shape}.", "{P}a {shape} shape.", "{shape}", "the shape is a {shape}.", "{P}a {shape}-shaped object.",
+    "{P}a single {shape}.", "the only object is a {shape}.", "one {shape}.",
+)  # fmt: skip
 RELATION_TEMPLATES = (
     "{P}{A} {rel} {B}{bg}.", "{A} {rel} {B}.", "{A} is {rel} {B}{bg}.", "{P}two shapes: {A} {rel} {B}.",
     "{P}two objects, {A} {rel} {B}.", "{P}{A} placed {rel} {B}{bg}.", "there is {A} {rel} {B}.",

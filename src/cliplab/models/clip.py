@@ -81,9 +81,13 @@ class CLIP(nn.Module):
         """(N, L) token ids -> (N, embed_dim) features, read at each row's end-of-text token.
 
         The end-of-text token has the highest id, so ``argmax`` finds it (as in OpenAI's code). With the
-        causal mask no position attends to later ones, so everything after the longest row's
-        end-of-text token cannot change the result: by default the transformer runs only over the
-        first ``max(eot) + 1`` positions. ``full_length=True`` runs all L positions (for checking).
+        causal mask no position attends to later ones, so nothing after a row's end-of-text token can
+        change its result. By default each row is therefore run only up to its own end-of-text token:
+        the real tokens of all rows are packed together for the linear layers (no padding; in a
+        batch of captions of mixed lengths that is about half the work), attention scatters them back
+        into rows, and the last layer computes only the end-of-text tokens. ``full_length=True`` runs
+        all L positions of every row through every layer, the plain computation (for checking, and
+        for graph export, where shapes must not depend on the data); the two agree to float rounding.
         """
         eot = text.argmax(dim=-1)
         length = text.shape[-1] if full_length else int(eot.max()) + 1
@@ -93,9 +97,18 @@ class CLIP(nn.Module):
                 f"is {self.context_length}; tokenize with context_length={self.context_length}, truncate=True"
             )
         text = text[:, :length]
-        x = self.token_embedding(text).to(self.dtype) + self.positional_embedding[:length].to(self.dtype)
-        x = self.transformer(x, causal=True)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, D): pool before the final LN
+        if full_length:
+            x = self.token_embedding(text).to(self.dtype) + self.positional_embedding.to(self.dtype)[:length]
+            x = self.transformer(x, causal=True)
+            x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, D): pool before the final LN
+        else:
+            packing = Packing(eot + 1, length)
+            x = self.token_embedding(text).to(self.dtype) + self.positional_embedding.to(self.dtype)[:length]
+            # Gather the real tokens only after adding the positions: indexing the (L, D) positional
+            # table by position would accumulate its gradient with index_put_, whose order on a
+            # multi-threaded CPU varies between runs (training would not be reproducible).
+            x = x.flatten(0, 1).index_select(0, packing.slots)  # (R, D)
+            x = self.transformer.forward_after(x, None, None, packing)  # (N, D) at each end-of-text token
         x = self.ln_final(x) @ self.text_projection
         return F.normalize(x, dim=-1) if normalize else x
 

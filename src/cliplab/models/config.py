@@ -25,6 +25,11 @@ class VisionConfig:
 
     For a ResNet, ``layers`` is the number of bottleneck blocks in each of the four stages and
     ``width`` the stem width (the final feature map has ``width * 32`` channels).
+    ``stem_stride_conv`` says which of the stem's three 3x3 convolutions halves the resolution:
+    1 in OpenAI's and open_clip's ResNets. With 2 (or 3) the first convolution(s) see every input
+    pixel, which small inputs need (the demo's 32-pixel tower: thin strokes and the corners that
+    tell a hexagon from a circle are a pixel wide); the weights have the same shapes either way, so
+    only configs, not weights, tell the two apart.
     """
 
     kind: str = "vit"
@@ -34,9 +39,14 @@ class VisionConfig:
     heads: int = 12
     patch_size: int = 32  # ViT only
     mlp_ratio: float = 4.0  # ViT only: MLP hidden width / width (ViT-g-14 and ViT-bigG-14 use others)
+    stem_stride_conv: int = 1  # ResNet only: which stem convolution (1, 2 or 3) downsamples
 
     def __post_init__(self) -> None:
         _check_mlp_ratio(self.mlp_ratio, "vision")
+        if self.stem_stride_conv not in (1, 2, 3) or isinstance(self.stem_stride_conv, bool):
+            raise ValueError(f"vision.stem_stride_conv must be 1, 2 or 3, got {self.stem_stride_conv!r}")
+        if self.kind != "resnet" and self.stem_stride_conv != 1:
+            raise ValueError("vision.stem_stride_conv applies to ResNets only; leave it out for a ViT")
         if self.kind not in VISION_KINDS:
             raise ValueError(f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
         if self.kind == "resnet":
@@ -114,6 +124,8 @@ class CLIPConfig:
         for tower in ("vision", "text"):  # OpenAI's ratio is left out, so older files stay byte-identical
             if d[tower]["mlp_ratio"] == 4.0:
                 del d[tower]["mlp_ratio"]
+        if d["vision"]["stem_stride_conv"] == 1:  # likewise OpenAI's stem
+            del d["vision"]["stem_stride_conv"]
         return d
 
     def to_json(self) -> str:

@@ -89,11 +89,12 @@ class ModifiedResNet(nn.Module):
         self.image_size = cfg.image_size
         self.output_dim = output_dim
         width = cfg.width
-        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        stride = [2 if i == cfg.stem_stride_conv else 1 for i in (1, 2, 3)]
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=stride[0], padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
-        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, stride=stride[1], padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width // 2)
-        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, stride=stride[2], padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
         self.avgpool = nn.AvgPool2d(2)
         inplanes = width

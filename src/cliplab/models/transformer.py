@@ -77,7 +77,7 @@ class SelfAttention(nn.Module):
         width = x.shape[-1]
         heads = self.heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        if past_k is None:
+        if past_k is None and packing is None:
             n, length, _ = x.shape
             q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 3, 0, 1, 4).unbind(0)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -85,9 +85,17 @@ class SelfAttention(nn.Module):
         if packing is None:
             raise ValueError("attention after cached keys/values needs the packing of x")
         n, length = packing.rows, packing.length
-        qkv = qkv.new_zeros(n * length, 3 * width).index_copy_(0, packing.slots, qkv)
+        qkv = qkv.new_zeros(n * length, 3 * width).index_copy(0, packing.slots, qkv)
         # (N * L, 3D) -> 3 x (heads, N, L, head_dim): heads first, so a shared prefix folds N into rows
         q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 3, 0, 1, 4).unbind(0)
+        if past_k is None:  # packed rows with nothing before them: fused causal attention per row
+            if last_only:
+                q = q[:, packing.row_index, packing.lengths - 1].unsqueeze(2)  # (heads, N, 1, head_dim)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=~packing.after_last)
+                return self.out_proj(out.squeeze(2).transpose(0, 1).reshape(n, width)), k, v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = out.permute(1, 2, 0, 3).reshape(n * length, width).index_select(0, packing.slots)
+            return self.out_proj(out), k, v
         scale = (width // heads) ** -0.5
         if last_only:
             q = q[:, packing.row_index, packing.lengths - 1].unsqueeze(2)  # (heads, N, 1, head_dim)
@@ -214,7 +222,7 @@ class Transformer(nn.Module):
     def forward_after(
         self,
         x: torch.Tensor,
-        past: list[tuple[torch.Tensor, torch.Tensor]],
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None,
         past_mask: torch.Tensor | None,
         packing: Packing,
     ) -> torch.Tensor:
@@ -222,10 +230,18 @@ class Transformer(nn.Module):
 
         ``x`` (R, D) holds the rows' real tokens packed as ``packing`` says. ``past`` holds each
         layer's cached keys and values, shared (heads, P, head_dim) or per row (heads, N, P,
-        head_dim) with ``past_mask`` (N, P); see ``SelfAttention.attend_after``. The last layer
+        head_dim) with ``past_mask`` (N, P); see ``SelfAttention.attend_after``. With ``past=None``
+        the rows start at position 0: a causal forward over rows of different lengths in which the
+        linear layers never see padding (how ``CLIP.encode_text`` runs a batch). The last layer
         computes only the rows' last tokens: no later layer needs the others.
         """
         last = len(self.resblocks) - 1
+        past = past if past is not None else [(None, None)] * len(self.resblocks)
         for i, (block, (k, v)) in enumerate(zip(self.resblocks, past, strict=True)):
-            x, _, _ = block.forward_after(x, k, v, past_mask, packing, last_only=i == last)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, _, _ = checkpoint(
+                    block.forward_after, x, k, v, past_mask, packing, i == last, use_reentrant=False
+                )
+            else:
+                x, _, _ = block.forward_after(x, k, v, past_mask, packing, last_only=i == last)
         return x
