@@ -242,6 +242,10 @@ def test_parity_with_openai_reference(name):
     cfg = get_config(name)
     torch.manual_seed(0)
     ref = reference_model(cfg).float().eval()
+    if cfg.vision.kind == "resnet" and cfg.vision.stem_stride_conv != 1:
+        # OpenAI's code has no setting for it: move the stride in its stem the same way
+        for i, conv in enumerate((ref.visual.conv1, ref.visual.conv2, ref.visual.conv3), start=1):
+            conv.stride = (2, 2) if i == cfg.vision.stem_stride_conv else (1, 1)
     perturb_(ref)
     ours = CLIP(cfg).eval()
     ours.load_state_dict(ref.state_dict())
