@@ -61,12 +61,13 @@ class SelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Causal attention of ``x`` to cached earlier keys/values and to itself.
 
-        Without a past (``past_k`` None), ``x`` is (N, L, D) and this is plain causal attention.
-        With one, ``x`` is (R, D): the real tokens of N rows of different lengths, packed as
-        ``packing`` says (the linear layers run on real tokens only; attention scatters them into
+        Without a past (``past_k`` None) or packing, ``x`` is (N, L, D) and this is plain causal
+        attention. With a past or a packing, ``x`` is (R, D): the real tokens of N rows of different
+        lengths, packed as ``packing`` says (the linear layers run on real tokens only; attention scatters them into
         (N, L) rows, padded at the end, which the causal mask keeps from every real query).
-        ``past_k``/``past_v`` hold the keys and values of positions before each row (a cached prompt
-        prefix): (heads, P, head_dim) when all N rows follow the same prefix (it is never copied per
+        With a packing and no past, the rows start at position 0 and attention is the fused causal
+        kernel on the scattered rows (``CLIP.encode_text``). ``past_k``/``past_v`` hold the keys and
+        values of positions before each row (a cached prompt prefix): (heads, P, head_dim) when all N rows follow the same prefix (it is never copied per
         row: the rows' queries meet it in one (heads, N * L, head_dim) @ (heads, head_dim, P)
         product), or (heads, N, P, head_dim) per row, with ``past_mask`` (N, P) saying which of them
         each row sees (prefixes of different lengths, padded). With ``last_only`` only each row's last
