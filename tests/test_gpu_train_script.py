@@ -33,7 +33,9 @@ def vit_clip_training_flops(name: str, batch: int) -> int:
 
     Per transformer layer over L tokens of width w: q/k/v and output projections 8w^2 and the MLP
     16w^2 multiply-adds per token, and attention scores and their weighted sum L*w each per token.
-    The text tower runs its whole context (the script's captions end at the last position). The
+    The text tower runs its whole context (the script's captions end at the last position), and
+    its last layer computes only what the end-of-text token needs: q/k/v projections of every token
+    (3w^2 each), then one query's attention (2 * L * w), output projection and MLP (9w^2). The
     loss multiplies the batch's features both ways (2 * batch * embed_dim per sample). Backward
     costs twice the forward, except the patch convolution: images need no gradient, so it only
     computes its weight gradient (once the forward).
@@ -46,9 +48,12 @@ def vit_clip_training_flops(name: str, batch: int) -> int:
 
     grid = v.image_size // v.patch_size
     patch_conv = 2 * 3 * v.patch_size**2 * v.width * grid**2
+    n, w = t.context_length, t.width
+    text_last_layer = 2 * (3 * w**2 * n + 2 * n * w + 9 * w**2)
     forward = (
         tower(v.width, v.layers, grid**2 + 1)
-        + tower(t.width, t.layers, t.context_length)
+        + tower(w, t.layers - 1, n)
+        + text_last_layer
         + 2 * v.width * d  # image projection of the class token
         + 2 * t.width * d  # text projection of the end-of-text token
         + 2 * 2 * batch * d  # logits per image and per text
