@@ -33,6 +33,7 @@ from cliplab.data.synthetic import (
 from cliplab.data.synthetic_render import (
     BACKGROUND_COLOURS,
     INK_COLOURS,
+    LOOKALIKE_SHAPES,
     OBJECT_COLOURS,
     PAPER_COLOURS,
     PLURALS,
@@ -258,7 +259,24 @@ def test_captions_mention_only_what_is_in_the_scene(train_scenes):
         assert attrs["count"] == len(scene.shapes) == len(attrs["objects"])
         _check_caption(caption, scene, attrs)
         json.dumps(attrs)  # JSON-serialisable
-    assert set(kinds) == {"single", "relation", "count", "group", "digit", "word", "glyph"}
+    assert set(kinds) == {"single", "lookalike", "relation", "count", "group", "digit", "word", "glyph"}
+
+
+def test_lookalike_shapes_are_named_only_when_large(train_scenes):
+    """A small circle or hexagon is a few pixels wide: its caption names its colour, not its shape;
+    a "lookalike" scene is one large circle or hexagon named by its shape alone."""
+    named = 0
+    for _, caption, attrs in train_scenes:
+        words = set(re.findall(r"[a-z]+", caption))
+        shapes_named = {SHAPE_OF_WORD[w] for w in words if w in SHAPE_OF_WORD}
+        for shape in shapes_named & set(LOOKALIKE_SHAPES):
+            named += 1
+            assert any(o["shape"] == shape and o["size"] == "large" for o in attrs["objects"]), caption
+        if attrs["kind"] == "lookalike":
+            (o,) = attrs["objects"]
+            assert o["shape"] in LOOKALIKE_SHAPES and o["size"] == "large"
+            assert shapes_named == {o["shape"]} and not words & set(OBJECT_COLOURS), caption
+    assert named > 500
 
 
 def test_attribute_geometry_matches_its_words(train_scenes):

@@ -242,6 +242,23 @@ def test_random_crop_params_stay_inside(width, height, lo, span, seed):
     assert top + h <= height and left + w <= width
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 300),
+    st.integers(8, 64),
+    st.integers(0, 2**31),
+    st.sampled_from([(3 / 4, 4 / 3), (1.0, 1.0), (0.5, 1.0)]),
+)
+def test_train_whole_image_shortcut_equals_the_draws(side, size, seed, ratio):
+    """With crop_scale (1, 1) a square image skips the crop draws; the pixels are what they give."""
+    tf = T.TrainTransform(PreprocessConfig(size), crop_scale=(1.0, 1.0), crop_ratio=ratio)
+    img = make_image("RGB", (side, side))
+    crop = T.random_resized_crop_params(side, side, (1.0, 1.0), ratio, torch.Generator().manual_seed(seed))
+    assert crop == (0, 0, side, side)
+    want = to_tensor_normalized(T.resize(img, (size, size), "bicubic"))
+    assert torch.equal(tf(img, generator=torch.Generator().manual_seed(seed)), want)
+
+
 def test_train_rejects_bad_ranges():
     with pytest.raises(ValueError, match="crop_scale"):
         image_transform(32, train=True, crop_scale=(0.9, 0.5))

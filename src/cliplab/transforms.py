@@ -588,11 +588,17 @@ class TrainTransform:
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
         self.exif_transpose = exif_transpose
+        self._whole = self.crop_scale == (1.0, 1.0) and self.crop_ratio[0] <= 1.0 <= self.crop_ratio[1]
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_pil(img)
         if self.exif_transpose:
             img = ImageOps.exif_transpose(img)
+        if self._whole and img.width == img.height:
+            # Every draw torchvision accepts here is the whole square (a crop of the full area whose
+            # sides round to at most the image's must equal them), and so is its fallback: skip the
+            # draws. Only a caller's global generator state can differ, not the pixels.
+            return self._crop_resize(img, (0, 0, img.height, img.width), 1)
         crop = random_resized_crop_params(img.width, img.height, self.crop_scale, self.crop_ratio, generator)
         return self._crop_resize(img, crop, 1)
 

@@ -517,10 +517,17 @@ def fill_template(rng: random.Random, templates: Sequence[str], fields: dict[str
     return rng.choice(usable).format(**fields)
 
 
+# Shapes that look alike when small: a small one is named by colour and a generic noun ("a small red
+# shape"), so the shape words are only used where the picture shows the difference.
+LOOKALIKE_SHAPES: tuple[str, ...] = ("circle", "hexagon")
+
+
 def noun_phrase(rng: random.Random, obj: dict, p_size: float = 0.0, plural: bool = False) -> dict[str, str]:
     """Noun phrase naming a random subset of an object's attributes, plus the parts it used."""
-    colour = obj["colour"] if rng.random() < 0.85 else ""
-    shape = obj["shape"] if rng.random() < 0.85 or not colour else ""
+    # A few pixels wide, a hexagon looks like a circle: name only what can be seen.
+    vague = obj["size"] == "small" and obj["shape"] in LOOKALIKE_SHAPES
+    colour = obj["colour"] if rng.random() < 0.85 or vague else ""
+    shape = obj["shape"] if (rng.random() < 0.85 or not colour) and not vague else ""
     size = obj["size"] if rng.random() < p_size else ""
     noun = shape or rng.choice(("shape", "object"))
     np = " ".join(w for w in (size, colour, PLURALS[noun] if plural else noun) if w)
