@@ -594,13 +594,17 @@ class TrainTransform:
         _check_pil(img)
         if self.exif_transpose:
             img = ImageOps.exif_transpose(img)
-        if self._whole and img.width == img.height:
+        return self._crop_resize(img, self._draw_crop(img.width, img.height, generator), 1)
+
+    def _draw_crop(
+        self, width: int, height: int, generator: torch.Generator | None
+    ) -> tuple[int, int, int, int]:
+        if self._whole and width == height:
             # Every draw torchvision accepts here is the whole square (a crop of the full area whose
             # sides round to at most the image's must equal them), and so is its fallback: skip the
             # draws. Only a caller's global generator state can differ, not the pixels.
-            return self._crop_resize(img, (0, 0, img.height, img.width), 1)
-        crop = random_resized_crop_params(img.width, img.height, self.crop_scale, self.crop_ratio, generator)
-        return self._crop_resize(img, crop, 1)
+            return 0, 0, height, width
+        return random_resized_crop_params(width, height, self.crop_scale, self.crop_ratio, generator)
 
     def decode(
         self,
@@ -628,9 +632,7 @@ class TrainTransform:
         drawn: list[tuple[int, int, int, int]] = []
 
         def reduction(width: int, height: int) -> int:
-            drawn.append(
-                random_resized_crop_params(width, height, self.crop_scale, self.crop_ratio, generator)
-            )
+            drawn.append(self._draw_crop(width, height, generator))
             return jpeg_reduction(drawn[0][2:], self.cfg.image_size, self.JPEG_REDUCTION_MARGIN)
 
         img, factor = _decode(source, name, reduction)
