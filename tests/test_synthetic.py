@@ -279,6 +279,25 @@ def test_lookalike_shapes_are_named_only_when_large(train_scenes):
     assert named > 500
 
 
+def test_position_and_count_are_named_alone_in_some_captions(train_scenes):
+    """A caption naming only a position shows a small shape (a large one cannot move far from the
+    centre); about a third of count captions name only the number, with a generic noun."""
+    position_alone = count_alone = counts = 0
+    for _, caption, attrs in train_scenes:
+        words = set(re.findall(r"[a-z]+", caption))
+        attributes = words & (set(OBJECT_COLOURS) | set(SHAPE_OF_WORD))
+        if attrs["kind"] == "single" and words & {*POSITIONS, "middle"} and not attributes:
+            position_alone += 1
+            (o,) = attrs["objects"]
+            assert o["size"] == "small" and o["r"] <= 0.155, caption
+        elif attrs["kind"] == "count":
+            counts += 1
+            if not attributes:
+                count_alone += 1
+                assert words & {*COUNT_WORDS, "single"} and words & {"shape", "shapes", "object", "objects"}, caption
+    assert position_alone > 400
+    assert 0.25 < count_alone / counts < 0.45
+
 def test_attribute_geometry_matches_its_words(train_scenes):
     for _, caption, attrs in train_scenes:
         objs = attrs["objects"]

@@ -44,6 +44,7 @@ from cliplab.data.synthetic_render import (
     MIN_CONTRAST,
     OBJECT_COLOURS,
     PATTERNS,
+    PLURALS,
     POSITION_PHRASES,
     PREFIXES,
     RELATION_PHRASES,
@@ -108,9 +109,9 @@ KIND_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("relation", 8),
     ("count", 13),
     ("group", 2),
-    ("digit", 17),
+    ("digit", 20),
     ("word", 1),
-    ("glyph", 29),
+    ("glyph", 26),
 )
 
 # Which object colours stand out on each background, in a fixed order.
@@ -192,15 +193,19 @@ def _grid(rng: random.Random, n: int, rmin: float, rmax: float) -> list[tuple[fl
 def _single(rng: random.Random, bg: Background) -> tuple[list, list[dict], str, dict]:
     colour, shape = _colour_shape(rng, bg.colour)
     position = rng.choice(POSITIONS)
+    posw = rng.choice(POSITION_PHRASES[position]) if rng.random() < 0.7 else ""
+    alone = rng.random()
+    position_alone = bool(posw) and alone < 0.35
     # Mostly large: at the demo's 32 px a small shape is a few pixels wide, too few to tell a circle from
-    # a hexagon, so its caption would teach the shape words little.
-    r = rng.uniform(0.12, 0.155) if rng.random() < 0.25 else rng.uniform(0.18, 0.28)
+    # a hexagon, so its caption would teach the shape words little. A caption naming the position alone
+    # shows a small shape: a large one cannot move far from the centre (a shape of radius 0.28 stays
+    # within 0.3-0.7), so its left, top and centre lie a few pixels apart.
+    small = position_alone or rng.random() < 0.25
+    r = rng.uniform(0.1, 0.155) if small else rng.uniform(0.18, 0.28)
     spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
     obj["position"] = position
     fields = noun_phrase(rng, obj, p_size=0.45)
-    posw = rng.choice(POSITION_PHRASES[position]) if rng.random() < 0.7 else ""
-    alone = rng.random()
-    if posw and alone < 0.35:
+    if position_alone:
         # Position alone: in a batch, colour and shape already tell most captions apart, so a caption
         # that says nothing else is what makes the position words carry meaning.
         noun = rng.choice(("shape", "object", "thing"))
@@ -269,6 +274,11 @@ def _count(rng: random.Random, bg: Background) -> tuple[list, list[dict], str, d
     placed = [_shape(rng, colour, shape, x, y, r) for x, y, r in _grid(rng, n, 0.075, 0.11)]
     objs = [o for _, o in placed]
     words = noun_phrase(rng, objs[0], plural=n > 1)
+    if rng.random() < 0.35:
+        # The number alone ("three shapes"): in a batch, colour and shape tell most count captions apart,
+        # so the number words carry little unless some captions name nothing else (as with position).
+        noun = rng.choice(("shape", "object"))
+        words = {"np": PLURALS[noun] if n > 1 else noun}
     fields = {"P": rng.choice(PREFIXES), "N": COUNT_WORDS[n - 1], "bg": background_phrase(rng, bg)}
     fields |= {"nps": words["np"]} if n > 1 else {"np": words["np"]}
     caption = fill_template(rng, COUNT_TEMPLATES if n > 1 else COUNT_ONE_TEMPLATES, fields)
