@@ -294,12 +294,8 @@ def test_position_and_count_are_named_alone_in_some_captions(train_scenes):
             counts += 1
             if not attributes:
                 count_alone += 1
-                assert words & {*COUNT_WORDS, "single"} and words & {
-                    "shape",
-                    "shapes",
-                    "object",
-                    "objects",
-                }, caption
+                generic = {"shape", "shapes", "object", "objects"}
+                assert words & {*COUNT_WORDS, "single"} and words & generic, caption
     assert position_alone > 400
     assert 0.25 < count_alone / counts < 0.45
 
