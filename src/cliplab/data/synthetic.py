@@ -175,6 +175,14 @@ def _position_xy(rng: random.Random, position: str, r: float) -> tuple[float, fl
     return min(max(x, lo), hi), min(max(y, lo), hi)
 
 
+def _at_position(
+    rng: random.Random, colour: str, shape: str, position: str, r: float
+) -> tuple[ShapeSpec, dict]:
+    """One shape of radius `r` at a named position, its attributes recording the position."""
+    spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
+    return spec, obj | {"position": position}
+
+
 def _grid(rng: random.Random, n: int, rmin: float, rmax: float) -> list[tuple[float, float, float]]:
     """`n` non-overlapping (x, y, r) placements, one per cell of a 3x3 grid."""
     out = []
@@ -202,8 +210,7 @@ def _single(rng: random.Random, bg: Background) -> tuple[list, list[dict], str, 
     # within 0.3-0.7), so its left, top and centre lie a few pixels apart.
     small = position_alone or rng.random() < 0.25
     r = rng.uniform(0.1, 0.155) if small else rng.uniform(0.18, 0.28)
-    spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
-    obj["position"] = position
+    spec, obj = _at_position(rng, colour, shape, position, r)
     fields = noun_phrase(rng, obj, p_size=0.45)
     if position_alone:
         # Position alone: in a batch, colour and shape already tell most captions apart, so a caption
@@ -234,9 +241,7 @@ def _lookalike(rng: random.Random, bg: Background) -> tuple[list, list[dict], st
     shape = rng.choice(LOOKALIKE_SHAPES)
     colour = rng.choice([c for c in _CONTRASTING[bg.colour] if (c, shape) not in _HELD_OUT])
     position = rng.choice(POSITIONS)
-    r = rng.uniform(0.18, 0.28)
-    spec, obj = _shape(rng, colour, shape, *_position_xy(rng, position, r), r)
-    obj["position"] = position
+    spec, obj = _at_position(rng, colour, shape, position, rng.uniform(0.18, 0.28))
     return [spec], [obj], fill_template(rng, SHAPE_TEMPLATES, {"P": rng.choice(PREFIXES), "shape": shape}), {}
 
 
